@@ -1,0 +1,122 @@
+"""The ``rt`` command. Subcommands come from plugins through ``rt_register_commands``.
+
+Start-up of the CLI itself, in order: parse the options that decide which plugins
+load (``--plugins``, ``--profile``, ``--config``, ``--set``) wherever they sit on
+the command line; read entry points; select; build a fresh plugin manager; let
+plugins register commands and options; parse the full command line; run the
+handler. No torch is imported on this path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from rt import __version__
+from rt.core.cli_context import CliContext, config_option_pairs
+from rt.core.discovery import discover
+from rt.core.errors import RtError
+from rt.core.pluginmanager import RtPluginManager, build_plugin_manager
+from rt.core.profile_registry import load_config
+from rt.core.selection import select
+
+
+def add_config_options(parser: argparse.ArgumentParser, suppress: bool = True) -> None:
+    """The options every command takes: they decide the plugins and the config."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("plugins and configuration")
+    group.add_argument(
+        "-p",
+        "--plugins",
+        action="append",
+        default=argparse.SUPPRESS if suppress else [],
+        metavar="LIST",
+        help="plugins to select, comma-separated; no:NAME blocks one (built-ins too)",
+    )
+    group.add_argument(
+        "--profile", default=default, metavar="NAME", help="profile name or path to a TOML file"
+    )
+    group.add_argument("--config", default=default, metavar="FILE", help="TOML config file")
+    group.add_argument(
+        "--set",
+        action="append",
+        default=argparse.SUPPRESS if suppress else [],
+        metavar="KEY=VALUE",
+        help="set any config key, e.g. --set server.port=9000 (repeatable)",
+    )
+
+
+def add_startup_options(parser: argparse.ArgumentParser) -> None:
+    """Options of commands that run the startup graph (serve, generate, bench)."""
+    group = parser.add_argument_group("startup")
+    group.add_argument(
+        "--tp", dest="parallel.tp", type=int, default=argparse.SUPPRESS, metavar="N",
+        help="tensor-parallel size (number of ranks)",
+    )
+    group.add_argument(
+        "--startup-trace", dest="startup.trace", default=argparse.SUPPRESS, metavar="FILE",
+        help="write the startup timeline as Chrome-trace JSON (open it in Perfetto)",
+    )
+    group.add_argument(
+        "--sequential-startup", dest="startup.sequential", action="store_const", const=True,
+        default=argparse.SUPPRESS, help="run the startup stages one at a time (the baseline)",
+    )
+
+
+def _early_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_config_options(parser, suppress=False)
+    return parser.parse_known_args(list(argv))[0]
+
+
+def build_parser(pm: RtPluginManager) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rt",
+        description="rt: an LLM serving runtime whose startup is fast, visible and swappable.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"rt {__version__}")
+    add_config_options(parser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    pm.hook.rt_register_commands(subparsers=subparsers)
+    for name, sub in subparsers.choices.items():
+        add_config_options(sub)
+        pm.hook.rt_add_options(parser=sub, command=name)
+    return parser
+
+
+def _run(argv: Sequence[str]) -> int:
+    early = _early_args(argv)
+    # The plugin spec may come from the profile, the config file, RT_PLUGINS and
+    # --plugins; resolving the config here also reports a bad file before anything runs.
+    base = load_config(early.profile, early.config, os.environ, config_option_pairs(early))
+    catalog = discover()
+    selection = select(catalog, base.plugins)
+    pm, stages = build_plugin_manager(selection)
+    parser = build_parser(pm)
+    args = parser.parse_args(list(argv))
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    cli = CliContext(early=early, catalog=catalog, selection=selection, pm=pm, stages=stages)
+    return int(handler(args, cli) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except RtError as e:
+        if os.environ.get("RT_DEBUG"):
+            traceback.print_exc()
+        print(f"rt: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The configuration tree: frozen attrs classes with validators.
+
+Every field is settable from a profile, ``--config FILE``, ``RT_SECTION__KEY``
+environment variables and ``--set section.key=value`` (see
+:mod:`rt.core.config_loader` for precedence). ``docs/config.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+from attrs.validators import ge, gt, in_, instance_of, optional
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i)?)?b?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str) -> int:
+    """``"1GiB"`` -> 1073741824, ``"512MB"`` -> 512000000, ``"4096"`` -> 4096."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (examples: 4096, 512MiB, 2GiB)")
+    number, prefix, binary = float(m.group(1)), m.group(2), m.group(3)
+    factor = 1 if not prefix else (1024 if binary else 1000) ** ("kmgt".index(prefix.lower()) + 1)
+    return int(number * factor)
+
+
+def _memory(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value != "auto":
+        parse_bytes(value)
+
+
+@attrs.frozen
+class ModelConfig:
+    source: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
+    revision: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
+    download_dir: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
+    allow_download: bool = attrs.field(default=False, validator=instance_of(bool))
+    dtype: str = attrs.field(
+        default="auto", validator=in_(("auto", "float32", "bfloat16", "float16"))
+    )
+    max_model_len: int | None = attrs.field(default=None, validator=optional(gt(0)))
+
+
+@attrs.frozen
+class ParallelConfig:
+    tp: int = attrs.field(default=1, validator=[instance_of(int), ge(1)])
+    backend: str = attrs.field(default="auto", validator=in_(("auto", "gloo", "nccl")))
+    master_addr: str = attrs.field(default="127.0.0.1", validator=instance_of(str))
+    master_port: int = attrs.field(default=0, validator=[instance_of(int), ge(0)])
+
+
+@attrs.frozen
+class StartupConfig:
+    sequential: bool = attrs.field(default=False, validator=instance_of(bool))
+    trace: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
+    print_timeline: bool = attrs.field(default=True, validator=instance_of(bool))
+
+
+@attrs.frozen
+class PreloadConfig:
+    import_modules: bool = attrs.field(default=True, validator=instance_of(bool))
+    forkserver: bool = attrs.field(default=True, validator=instance_of(bool))
+    prefetch: bool = attrs.field(default=True, validator=instance_of(bool))
+    prefetch_max_fraction: float = attrs.field(default=0.5, validator=[ge(0.0)])
+
+
+@attrs.frozen
+class CompileConfig:
+    mode: str = attrs.field(default="off", validator=in_(("off", "default", "background")))
+    cache_dir: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
+
+
+@attrs.frozen
+class GraphsConfig:
+    mode: str = attrs.field(default="lazy", validator=in_(("off", "eager", "lazy")))
+    capture_sizes: tuple[int, ...] = attrs.field(
+        default=(1, 2, 4, 8, 16, 32), converter=tuple, validator=attrs.validators.deep_iterable(gt(0))
+    )
+
+
+@attrs.frozen
+class P2PConfig:
+    mode: str = attrs.field(default="cached", validator=in_(("check", "cached", "table", "off")))
+
+
+@attrs.frozen
+class CacheConfig:
+    memory: str = attrs.field(default="auto", validator=_memory)
+    gpu_memory_fraction: float = attrs.field(default=0.85, validator=[gt(0.0)])
+    block_size: int = attrs.field(default=16, validator=[instance_of(int), gt(0)])
+
+
+@attrs.frozen
+class SchedulerConfig:
+    max_num_seqs: int = attrs.field(default=64, validator=[instance_of(int), gt(0)])
+    max_num_batched_tokens: int = attrs.field(default=4096, validator=[instance_of(int), gt(0)])
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = attrs.field(default="127.0.0.1", validator=instance_of(str))
+    port: int = attrs.field(default=8000, validator=[instance_of(int), ge(0)])
+    api_key: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
+    max_body_bytes: int = attrs.field(default=1024 * 1024, validator=[instance_of(int), gt(0)])
+    shutdown_grace_s: float = attrs.field(default=10.0, validator=[ge(0.0)])
+
+
+@attrs.frozen
+class Config:
+    """The whole resolved configuration of one runtime. ``plugins`` is the plugin
+    selection spec (names and ``no:NAME`` blocks) accumulated over all sources."""
+
+    plugins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    model: ModelConfig = ModelConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    startup: StartupConfig = StartupConfig()
+    preload: PreloadConfig = PreloadConfig()
+    compile: CompileConfig = CompileConfig()
+    graphs: GraphsConfig = GraphsConfig()
+    p2p: P2PConfig = P2PConfig()
+    cache: CacheConfig = CacheConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    server: ServerConfig = ServerConfig()
+
+
+SECTIONS: dict[str, type] = {
+    f.name: type(f.default) for f in attrs.fields(Config) if f.name != "plugins"
+}
+
+
+def to_dict(config: Config) -> dict[str, object]:
+    """The config as plain data (tuples become lists), for JSON and TOML."""
+    return attrs.asdict(config)

@@ -1,0 +1,61 @@
+"""Errors a user or a plugin author can cause.
+
+Every one of them is an ``RtError``: the CLI prints its message (no traceback
+unless ``RT_DEBUG=1``) and exits with its ``exit_code``. Messages name the culprit
+(stage, plugin, key, value) and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+
+class RtError(Exception):
+    """Base class of rt's user-facing errors."""
+
+    exit_code = 1
+
+
+class UsageError(RtError):
+    """Bad command-line input: an unknown plugin name, a malformed flag."""
+
+    exit_code = 2
+
+
+class ConfigError(RtError):
+    """An unknown config key or a bad value; the message says where it came from."""
+
+    exit_code = 2
+
+
+class PluginError(RtError):
+    """A plugin failed to import, or implements a hook that does not exist."""
+
+
+class StageGraphError(RtError):
+    """The stage graph is invalid: unknown needs, a cycle, a duplicate name."""
+
+
+class StageFailed(RtError):
+    """A stage raised during startup. Carries the stage, the plugin and the traceback."""
+
+    def __init__(self, stage: str, plugin: str | None, cause: BaseException, traceback_text: str):
+        self.stage = stage
+        self.plugin = plugin
+        self.cause = cause
+        self.traceback_text = traceback_text
+        who = f" in plugin {plugin!r}" if plugin else ""
+        super().__init__(
+            f"startup stage {stage!r} failed{who}: {type(cause).__name__}: {cause}\n"
+            f"--- original traceback ---\n{traceback_text.rstrip()}"
+        )
+
+
+class ModelError(RtError):
+    """The model cannot be served as asked: unknown architecture, bad checkpoint, TP mismatch."""
+
+
+class RequestError(RtError):
+    """A request that can never be served (too long, bad parameters). HTTP maps it to 4xx."""
+
+
+class EngineDead(RtError):
+    """The engine stopped: a rank died or the engine was shut down."""

@@ -1,0 +1,291 @@
+"""Every hook rt calls, in the order a startup reaches them.
+
+Stage hooks take ``config`` (the resolved, frozen :class:`rt.core.config.Config`)
+and ``runtime`` (the :class:`rt.core.runtime.Runtime` of this process: rank,
+results of earlier stages, the timeline). A hookimpl may accept any subset of a
+hook's arguments, so ``def rt_warmup(): ...`` is a valid implementation.
+
+Built-in implementations of ``firstresult`` hooks carry ``trylast=True``: any
+selected plugin that returns a result takes over, whatever the registration order.
+A hookimpl raises :class:`rt.core.SkipStage` to record a skip with a reason.
+``docs/hooks.md`` documents each hook; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rt.core.markers import hookspec
+
+# ---------------------------------------------------------------------------
+# CLI and runtime set-up
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def rt_register_commands(subparsers: Any) -> None:
+    """Add ``rt`` subcommands.
+
+    ``subparsers`` is the ``argparse`` sub-parser action of the ``rt`` command.
+    Set ``handler`` on the new parser: a callable ``handler(args, cli) -> int``
+    where ``cli`` is the :class:`rt.core.cli_context.CliContext` (catalog,
+    selection, plugin manager, config loader).
+
+    Example::
+
+        @hookimpl
+        def rt_register_commands(subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.add_argument("--name", default="world")
+            p.set_defaults(handler=lambda args, cli: print("hello", args.name) or 0)
+    """
+
+
+@hookspec
+def rt_add_options(parser: Any, command: str) -> None:
+    """Add options to the parser of one ``rt`` subcommand.
+
+    Called once per subcommand after all commands are registered. An option whose
+    ``dest`` contains a dot is a config override: ``--port 9000`` with
+    ``dest="server.port"`` sets ``server.port`` at CLI precedence. Use
+    ``default=argparse.SUPPRESS`` so an absent flag does not override anything.
+
+    Example::
+
+        @hookimpl
+        def rt_add_options(parser, command):
+            if command == "serve":
+                parser.add_argument("--port", dest="server.port", type=int,
+                                    default=argparse.SUPPRESS)
+    """
+
+
+@hookspec
+def rt_configure(config: Any, runtime: Any) -> None:
+    """Called once per runtime (driver and every rank) before the first stage runs.
+
+    The place to register helper plugins on ``runtime.pm`` or to prepare state
+    the stages share. The built-in ``timing`` plugin registers its span-recording
+    wrappers here.
+
+    Example::
+
+        @hookimpl
+        def rt_configure(runtime):
+            runtime.pm.register(MyTracer(runtime.timeline), name="my-tracer")
+    """
+
+
+# ---------------------------------------------------------------------------
+# preload: runs first, at CLI entry, in the driver
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def rt_preload(config: Any, runtime: Any) -> Any:
+    """Start background work that later stages will want done: imports, a
+    forkserver, page-cache prefetch. Collecting: every implementation runs, each
+    is its own span in the timeline. Return quickly; do the work in a daemon
+    thread and let the stage that needs it wait for it.
+
+    Example::
+
+        @hookimpl
+        def rt_preload(config):
+            if config.preload.import_torch:
+                threading.Thread(target=importlib.import_module, args=("torch",),
+                                 daemon=True).start()
+    """
+
+
+# ---------------------------------------------------------------------------
+# frontend: the HTTP server comes up early, in the driver
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_frontend(config: Any, runtime: Any) -> Any:
+    """Start the API frontend and return a handle to it (``firstresult``).
+
+    The frontend should bind its socket at once so ``/health`` answers while the
+    other stages still run, and report ``/ready`` only when ``runtime.ready`` is set.
+
+    Example::
+
+        @hookimpl(trylast=True)
+        def rt_frontend(config, runtime):
+            return start_http_server(config.server, runtime)
+    """
+
+
+# ---------------------------------------------------------------------------
+# workers: spawn the tensor-parallel ranks
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_start_workers(config: Any, runtime: Any) -> Any:
+    """Start the TP ranks and initialise ``torch.distributed`` (``firstresult``).
+
+    Return a handle describing the worker group. Each rank rebuilds its own
+    plugin manager from ``runtime.selection`` and runs the ``ranks`` stages.
+
+    Example::
+
+        @hookimpl(trylast=True)
+        def rt_start_workers(config, runtime):
+            return WorkerGroup.spawn(config.parallel.tp, runtime.selection)
+    """
+
+
+# ---------------------------------------------------------------------------
+# p2p-check: every rank, in the background
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_p2p_check(config: Any, runtime: Any) -> Any:
+    """Find which GPU pairs can access each other's memory (``firstresult``).
+
+    Return a :class:`P2PTable`-like record. Without CUDA devices raise
+    ``SkipStage("no CUDA devices")``: a recorded skip, not an error.
+
+    Example::
+
+        @hookimpl
+        def rt_p2p_check(config):
+            return P2PTable.from_hardware_table(TABLE_PATH)
+    """
+
+
+# ---------------------------------------------------------------------------
+# load-weights: every rank reads its shard
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_load_weights(config: Any, runtime: Any) -> Any:
+    """Load this rank's shard of the model weights and return the model (``firstresult``).
+
+    Example::
+
+        @hookimpl(trylast=True)
+        def rt_load_weights(config, runtime):
+            return load_sharded(config.model, rank=runtime.rank,
+                                world_size=runtime.world_size)
+    """
+
+
+# ---------------------------------------------------------------------------
+# kv-cache: every rank sizes and allocates its KV cache
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_allocate_kv_cache(config: Any, runtime: Any) -> Any:
+    """Size the paged KV cache from the memory budget and allocate it (``firstresult``).
+
+    Example::
+
+        @hookimpl(trylast=True)
+        def rt_allocate_kv_cache(config, runtime):
+            model = runtime.result("load-weights")
+            return model.allocate_kv_cache(budget=config.cache.memory)
+    """
+
+
+# ---------------------------------------------------------------------------
+# compile: every rank
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_compile(config: Any, runtime: Any) -> Any:
+    """Compile the model (``firstresult``): ``off``, ``default`` or ``background``.
+
+    Example::
+
+        @hookimpl
+        def rt_compile(config, runtime):
+            if config.compile.mode == "off":
+                raise SkipStage("compile.mode is off")
+            return torch.compile(runtime.result("load-weights").model)
+    """
+
+
+# ---------------------------------------------------------------------------
+# graph-capture: every rank
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_graph_capture(config: Any, runtime: Any) -> Any:
+    """Capture CUDA graphs for the configured batch sizes, or arrange lazy capture.
+
+    Example::
+
+        @hookimpl
+        def rt_graph_capture(config, runtime):
+            if not torch.cuda.is_available():
+                raise SkipStage("no CUDA device: CUDA graphs need one")
+            return capture(runtime.result("compile"), config.graphs.capture_sizes)
+    """
+
+
+# ---------------------------------------------------------------------------
+# metadata-broadcast: every rank
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_metadata_broadcaster(config: Any, runtime: Any) -> Any:
+    """Build the driver -> ranks channel that carries each step's metadata.
+
+    Return the channel (``firstresult``); the stage verifies it with a round trip.
+
+    Example::
+
+        @hookimpl
+        def rt_metadata_broadcaster(config, runtime):
+            return ShmBroadcastChannel.open(runtime)
+    """
+
+
+# ---------------------------------------------------------------------------
+# warmup: every rank, last
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def rt_warmup(config: Any, runtime: Any) -> Any:
+    """Run real work so the first user request is not slow. Collecting.
+
+    Example::
+
+        @hookimpl
+        def rt_warmup(runtime):
+            runtime.result("engine").generate_tokens([1, 2, 3], max_tokens=2)
+    """
+
+
+# ---------------------------------------------------------------------------
+# shutdown
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def rt_shutdown(config: Any, runtime: Any) -> None:
+    """Release what the stages acquired: processes, sockets, shared memory.
+
+    Called once on every exit path of a runtime that ran ``rt_configure`` (normal
+    exit, SIGTERM, a failed startup). Must not raise; it is called even when the
+    stage that would have created the resource never ran.
+
+    Example::
+
+        @hookimpl
+        def rt_shutdown(runtime):
+            channel = runtime.results.get("metadata-broadcast")
+            if channel is not None:
+                channel.close()
+    """

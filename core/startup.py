@@ -1,0 +1,65 @@
+"""Build a runtime from a selection and run its startup graph."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from rt.core.config import Config
+from rt.core.graph import subgraph
+from rt.core.pluginmanager import build_plugin_manager
+from rt.core.runtime import Runtime
+from rt.core.scheduler import StageScheduler
+from rt.core.selection import Selection
+from rt.core.stage import Stage
+from rt.core.timeline import Timeline
+
+
+def create_runtime(
+    config: Config,
+    selection: Selection,
+    *,
+    rank: int = 0,
+    world_size: int | None = None,
+    only_where: str | None = None,
+    exclude: Iterable[str] = (),
+    extra_plugins: Iterable[tuple[str, object]] = (),
+    extra_stages: Sequence[Stage] = (),
+    timeline: Timeline | None = None,
+) -> Runtime:
+    """A runtime with a fresh plugin manager.
+
+    The driver runs every stage; a TP rank passes ``only_where="ranks"``; a
+    command that has no use for a stage passes ``exclude`` (``rt generate``
+    excludes ``frontend``).
+    """
+    pm, stages = build_plugin_manager(selection, extra_plugins, extra_stages)
+    excluded = set(exclude)
+    keep = [
+        s.name
+        for s in stages
+        if s.name not in excluded and (only_where is None or s.where == only_where)
+    ]
+    return Runtime(
+        config,
+        pm,
+        selection,
+        subgraph(stages, keep),
+        rank=rank,
+        world_size=world_size,
+        timeline=timeline,
+    )
+
+
+def run_startup(runtime: Runtime) -> StageScheduler:
+    """``rt_configure``, then the stage graph; returns once the runtime is ready.
+
+    Raises the first stage failure. Background stages may still be running; the
+    returned scheduler can wait for them.
+    """
+    runtime.configure()
+    scheduler = StageScheduler(
+        runtime, runtime.stages, sequential=runtime.config.startup.sequential
+    )
+    runtime.services["scheduler"] = scheduler
+    scheduler.run()
+    return scheduler
