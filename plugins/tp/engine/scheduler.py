@@ -1,0 +1,304 @@
+"""Continuous batching over a paged KV cache (no torch).
+
+Every step is built afresh from two queues, ``running`` (admission order, oldest
+first) and ``waiting`` (arrival order), under two budgets: at most
+``max_num_seqs`` sequences and ``max_num_batched_tokens`` tokens per step.
+
+Policy, in order, each step:
+
+1. **Decode.** Every running sequence with one uncomputed token (its last sampled
+   one) is scheduled for one token, oldest first. If the cache has no block for a
+   sequence that crossed a block boundary, the *newest* running sequence is
+   preempted: its blocks are freed, it goes back to the front of ``waiting`` and
+   is recomputed later from scratch (all of its prompt and generated tokens are
+   prefilled again, ``num_cached_tokens`` starts at 0). Its sampled tokens are
+   kept, and seeded sampling is keyed on the output index, so the result is the
+   same as without preemption.
+2. **Chunked prefill continues.** A running sequence whose prompt did not fit in
+   one step gets the next chunk from the tokens left in the budget.
+3. **Admission.** Waiting sequences are admitted in arrival order while there is
+   budget, a sequence slot and blocks for *all* of the sequence's tokens. A prompt
+   longer than the tokens left is split (chunked prefill): its ``SeqStep`` has
+   ``sample=False`` until the chunk that finishes it. Admission stops at the first
+   sequence that does not fit (no overtaking), so a long prompt is not starved by
+   short ones.
+
+So prefill and decode are **mixed** in one step: a new request joins the running
+batch in the very step it is admitted, and decodes never wait for a prefill.
+
+No starvation: the oldest running sequence is never preempted by a newer one, and
+``add`` rejects any request that could not run with the whole cache to itself, so
+the oldest sequence always progresses and finishes within ``max_tokens`` steps;
+waiting sequences are admitted strictly in order as blocks free up.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from collections.abc import Sequence as SequenceABC
+
+import attrs
+from rt.core.errors import ConfigError, RequestError
+from rt.core.step import SeqStep, StepMetadata
+from rt.plugins.tp.engine.block_manager import BlockManager
+from rt.plugins.tp.engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprobs
+
+
+@attrs.frozen
+class StepOutcome:
+    """What one step did: sequences that got a token (in step order), and those
+    of them that finished."""
+
+    advanced: list[Sequence]
+    finished: list[Sequence]
+
+
+class Scheduler:
+    """Decides what each engine step computes, and applies what it sampled.
+
+    Example::
+
+        sched = Scheduler(BlockManager(64, 16), max_num_seqs=8,
+                          max_num_batched_tokens=512, max_model_len=256,
+                          eos_token_ids=[2])
+        sched.add(Sequence(0, [1, 5, 9], SamplingParams(max_tokens=4)))
+        while (step := sched.schedule()) is not None:
+            sampled = run_model(step)            # one token per SeqStep with sample=True
+            outcome = sched.postprocess(step, sampled)
+    """
+
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        eos_token_ids: Iterable[int] = (),
+    ) -> None:
+        for name, value in (
+            ("max_num_seqs", max_num_seqs),
+            ("max_num_batched_tokens", max_num_batched_tokens),
+            ("max_model_len", max_model_len),
+        ):
+            if value < 1:
+                raise ConfigError(f"scheduler: {name} must be >= 1, got {value}")
+        if max_num_batched_tokens < max_num_seqs:
+            # Every running sequence must be able to decode in every step.
+            raise ConfigError(
+                f"scheduler: max_num_batched_tokens ({max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({max_num_seqs}); raise the first or lower the second"
+            )
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+        self._live: dict[int, Sequence] = {}
+        self._arrivals = itertools.count()
+        self._step_ids = itertools.count()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self._live)
+
+    def get(self, seq_id: int) -> Sequence | None:
+        """The live (waiting or running) sequence with this id, if any."""
+        return self._live.get(seq_id)
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a new request; raise ``RequestError`` if it could never be served."""
+        assert seq.seq_id not in self._live, f"sequence id {seq.seq_id} is already scheduled"
+        assert seq.status is SequenceStatus.WAITING and not seq.block_table
+        self._check_fits(seq)
+        seq.arrival = next(self._arrivals)
+        self._live[seq.seq_id] = seq
+        self.waiting.append(seq)
+
+    def schedule(self) -> StepMetadata | None:
+        """Build the next step, or return None when there is nothing to run."""
+        budget = self.max_num_batched_tokens
+        steps: list[SeqStep] = []
+
+        i = 0
+        while i < len(self.running):
+            seq = self.running[i]
+            if seq.num_uncomputed_tokens == 1:
+                if not self._make_room(seq):
+                    break  # seq preempted itself: everything after it is gone too
+                self.block_manager.may_append(seq)
+                steps.append(self._seq_step(seq, 1))
+                budget -= 1
+            i += 1
+
+        for seq in self.running:
+            if budget == 0:
+                break
+            if seq.num_uncomputed_tokens > 1:  # a prompt split over steps
+                n = min(seq.num_uncomputed_tokens, budget)
+                steps.append(self._seq_step(seq, n))
+                budget -= n
+
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not self.block_manager.can_allocate(seq):
+                break
+            self.waiting.popleft()
+            self.block_manager.allocate(seq)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            n = min(seq.num_uncomputed_tokens, budget)
+            steps.append(self._seq_step(seq, n))
+            budget -= n
+
+        if not steps:
+            # add() guarantees the head fits an empty cache, so only "no work" gets here.
+            assert not self.running and not self.waiting, "scheduler made no progress"
+            return None
+        return StepMetadata(step_id=next(self._step_ids), seqs=tuple(steps))
+
+    def postprocess(
+        self,
+        step: StepMetadata,
+        sampled: SequenceABC[int],
+        logprobs: SequenceABC[TokenLogprobs | None] | None = None,
+    ) -> StepOutcome:
+        """Apply a step's results.
+
+        ``sampled`` (and ``logprobs`` when given) hold one entry per ``SeqStep`` with
+        ``sample=True``, in step order. Sequences aborted or finished while the step
+        ran are skipped.
+        """
+        num_sampling = sum(s.sample for s in step.seqs)
+        assert len(sampled) == num_sampling, (len(sampled), num_sampling)
+        assert logprobs is None or len(logprobs) == num_sampling
+        advanced: list[Sequence] = []
+        finished: list[Sequence] = []
+        k = 0
+        for s in step.seqs:
+            token, lp = 0, None
+            if s.sample:
+                token = sampled[k]
+                lp = logprobs[k] if logprobs is not None else None
+                k += 1
+            seq = self._live.get(s.seq_id)
+            if seq is None or seq.status is not SequenceStatus.RUNNING:
+                continue
+            if seq.num_cached_tokens != s.start_pos:
+                continue  # preempted and readmitted since this step was built
+            seq.num_cached_tokens = s.start_pos + len(s.token_ids)
+            if not s.sample:
+                continue
+            seq.output_token_ids.append(int(token))
+            seq.output_logprobs.append(lp)
+            advanced.append(seq)
+            reason = self._stop_reason(seq)
+            if reason is not None:
+                self._finish(seq, reason)
+                finished.append(seq)
+        return StepOutcome(advanced=advanced, finished=finished)
+
+    def finish(self, seq_id: int, reason: FinishReason) -> Sequence | None:
+        """Finish a live sequence now (a stop string matched, the client left) and
+        free its blocks. Returns it, or None if it was not live."""
+        seq = self._live.get(seq_id)
+        if seq is None:
+            return None
+        self._finish(seq, reason)
+        return seq
+
+    def abort(self, seq_id: int) -> Sequence | None:
+        """Drop a sequence wherever it is, freeing its blocks at once."""
+        return self.finish(seq_id, "abort")
+
+    def _check_fits(self, seq: Sequence) -> None:
+        p, max_tokens = seq.num_prompt_tokens, seq.sampling.max_tokens
+        if p == 0:
+            raise RequestError(
+                f"request {seq.seq_id}: the prompt is empty; send at least one token"
+            )
+        if max_tokens < 1:
+            raise RequestError(
+                f"request {seq.seq_id}: max_tokens is {max_tokens}; ask for at least 1 token"
+            )
+        if p + 1 > self.max_model_len:
+            raise RequestError(
+                f"request {seq.seq_id}: the prompt has {p} tokens, but max_model_len is "
+                f"{self.max_model_len}, which leaves no room for an output token; shorten "
+                f"the prompt to at most {self.max_model_len - 1} tokens or raise max_model_len"
+            )
+        # The last sampled token is never fed back, so its KV is never stored.
+        max_kv_tokens = min(p + max_tokens, self.max_model_len) - 1
+        bm = self.block_manager
+        need = bm.blocks_for(max_kv_tokens)
+        if need > bm.num_blocks:
+            raise RequestError(
+                f"request {seq.seq_id}: {p} prompt tokens + up to {max_tokens} output tokens "
+                f"need {need} KV-cache blocks of {bm.block_size} tokens, but the whole cache "
+                f"holds {bm.num_blocks} ({bm.num_blocks * bm.block_size} tokens); lower "
+                f"max_tokens, shorten the prompt, or give the KV cache more memory"
+            )
+
+    def _make_room(self, seq: Sequence) -> bool:
+        """Preempt the newest running sequences until ``seq`` can grow; False if
+        ``seq`` itself had to go."""
+        while not self.block_manager.can_append(seq):
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.deallocate(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        # Front of the queue: running sequences all arrived before waiting ones, and
+        # victims go newest first, so arrival order is kept.
+        self.waiting.appendleft(seq)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self.block_manager.deallocate(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        del self._live[seq.seq_id]
+
+    def _stop_reason(self, seq: Sequence) -> FinishReason | None:
+        params, token = seq.sampling, seq.output_token_ids[-1]
+        if not params.ignore_eos and token in self.eos_token_ids:
+            return "stop"
+        if token in params.stop_token_ids:
+            return "stop"
+        if seq.num_generated >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _seq_step(self, seq: Sequence, num_tokens: int) -> SeqStep:
+        start = seq.num_cached_tokens
+        return SeqStep(
+            seq_id=seq.seq_id,
+            token_ids=tuple(seq.uncomputed_token_ids(num_tokens)),
+            start_pos=start,
+            block_table=tuple(seq.block_table),
+            sample=start + num_tokens == seq.num_tokens,
+            num_generated=seq.num_generated,
+            sampling=seq.sampling,
+        )

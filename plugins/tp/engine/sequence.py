@@ -1,0 +1,106 @@
+"""A request as the scheduler sees it: token ids, KV blocks and status (no torch).
+
+A ``Sequence`` is mutable and lives on the driver only; what crosses to the ranks
+each step is a frozen ``rt.core.step.SeqStep`` built from it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import attrs
+from rt.core.step import SamplingParams
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@attrs.frozen
+class TokenLogprobs:
+    """The log-probability of one chosen token and the top alternatives at its position.
+
+    Values come from the log-softmax of the raw logits (before temperature, top-k and
+    top-p), which is what the OpenAI API reports. ``top`` is sorted by logprob,
+    highest first, and holds ``SamplingParams.logprobs`` entries (at most 20).
+    """
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@attrs.define(eq=False)
+class Sequence:
+    """One request: its prompt, what it has generated, and where its KV lives.
+
+    ``num_cached_tokens`` counts the leading tokens of ``all_token_ids`` whose KV is
+    in the cache; the tokens after it are what the next step computes (the whole
+    prompt on admission, one token while decoding, everything again after a
+    preemption). ``arrival`` orders requests: lower arrived first.
+
+    Example::
+
+        seq = Sequence(7, [1, 2, 3], SamplingParams(max_tokens=4))
+        seq.num_tokens          # 3
+        seq.num_blocks(2)       # 2
+    """
+
+    seq_id: int
+    prompt_token_ids: list[int] = attrs.field(converter=list)
+    sampling: SamplingParams = attrs.field(factory=SamplingParams)
+    arrival: int = 0
+    output_token_ids: list[int] = attrs.field(factory=list)
+    output_logprobs: list[TokenLogprobs | None] = attrs.field(factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    block_table: list[int] = attrs.field(factory=list)
+    num_cached_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    num_preemptions: int = 0
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        """Tokens whose KV is not in the cache yet (1 while decoding)."""
+        return self.num_tokens - self.num_cached_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def num_blocks(self, block_size: int) -> int:
+        """KV blocks needed to hold all of this sequence's tokens."""
+        return -(-self.num_tokens // block_size)
+
+    def uncomputed_token_ids(self, limit: int | None = None) -> list[int]:
+        """The next tokens to run through the model, at most ``limit`` of them."""
+        start = self.num_cached_tokens
+        end = self.num_tokens if limit is None else min(self.num_tokens, start + limit)
+        prompt_len = len(self.prompt_token_ids)
+        if start >= prompt_len:  # decoding: avoid copying the prompt every step
+            return self.output_token_ids[start - prompt_len : end - prompt_len]
+        return self.all_token_ids[start:end]

@@ -1,0 +1,59 @@
+"""The paged KV cache: one tensor ``[2, L, num_blocks, block_size, H_kv_local, D]``."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from rt.core.errors import ConfigError
+
+
+@attrs.frozen
+class KVCacheSpec:
+    """The shape of one rank's KV cache, less the number of blocks."""
+
+    num_layers: int
+    block_size: int
+    num_kv_heads: int  # local to this rank
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_block(self) -> int:
+        """K and V of ``block_size`` tokens in every layer."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * itemsize
+
+    def num_blocks_for_budget(self, budget_bytes: int) -> int:
+        """How many blocks fit in ``budget_bytes``; ConfigError if not even one does."""
+        n = int(budget_bytes) // self.bytes_per_block
+        if n < 1:
+            raise ConfigError(
+                f"a KV cache budget of {budget_bytes} bytes holds no block of "
+                f"{self.bytes_per_block} bytes; raise the KV cache memory budget"
+            )
+        return n
+
+    def allocate(self, num_blocks: int, device: torch.device) -> torch.Tensor:
+        """Zeroed, so that padded (masked) slots never feed NaN into attention."""
+        if num_blocks < 1:
+            raise ConfigError(f"num_blocks must be >= 1, got {num_blocks}")
+        shape = (2, self.num_layers, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        return torch.zeros(shape, dtype=self.dtype, device=device)
+
+
+def bytes_per_block(
+    num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> int:
+    return KVCacheSpec(num_layers, block_size, num_kv_heads, head_dim, dtype).bytes_per_block
+
+
+def num_blocks_for_budget(
+    budget_bytes: int,
+    num_layers: int,
+    block_size: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+) -> int:
+    spec = KVCacheSpec(num_layers, block_size, num_kv_heads, head_dim, dtype)
+    return spec.num_blocks_for_budget(budget_bytes)

@@ -1,0 +1,110 @@
+"""Owns the model on this rank's device: builds it, loads it, binds the KV cache, runs steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rt.core.errors import ModelError
+from rt.core.step import StepMetadata
+from rt.plugins.tp.kv_cache import KVCacheSpec
+from rt.plugins.tp.layers.attention import Attention, build_attention_metadata
+from rt.plugins.tp.loader import load_weights, materialize
+from rt.plugins.tp.model_config import ModelConfig
+from rt.plugins.tp.models import get_model_class
+from rt.plugins.tp.parallel import ParallelContext
+
+
+class ModelRunner:
+    """One rank's model.
+
+    Example::
+
+        runner = ModelRunner("/models/smollm2", ParallelContext.single(), torch.float32,
+                             torch.device("cpu"))
+        runner.load_weights()
+        runner.allocate_kv_cache(num_blocks=64)
+        logits = runner.run(step)  # [num sampled seqs, vocab] float32
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        ctx: ParallelContext,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        block_size: int = 16,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.ctx = ctx
+        self.model_config = ModelConfig.from_dir(self.model_dir)
+        self.model_config.check_tp(ctx.world_size)
+        self.model_class = get_model_class(self.model_config.architecture)
+        self.dtype = dtype or self.model_config.torch_dtype
+        self.device = torch.device(device) if device is not None else ctx.device
+        self.block_size = block_size
+        self.model: torch.nn.Module | None = None
+        self.kv_cache: torch.Tensor | None = None  # [2, L, num_blocks, block_size, Hkv, D]
+
+    @property
+    def kv_spec(self) -> KVCacheSpec:
+        c = self.model_config
+        return KVCacheSpec(
+            num_layers=c.num_hidden_layers,
+            block_size=self.block_size,
+            num_kv_heads=c.num_key_value_heads // self.ctx.world_size,
+            head_dim=c.head_dim,
+            dtype=self.dtype,
+        )
+
+    def load_weights(self) -> None:
+        """Build the model on the meta device, give it storage, and fill it."""
+        with torch.device("meta"):
+            model = self.model_class(self.model_config, self.ctx)
+        materialize(model, self.device, self.dtype)
+        load_weights(model, self.model_dir)
+        self.model = model.eval()
+
+    def param_bytes(self) -> int:
+        """Bytes of parameters this rank holds (tied parameters counted once)."""
+        assert self.model is not None, "load_weights() first"
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def kv_bytes_per_block(self) -> int:
+        return self.kv_spec.bytes_per_block
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        assert self.model is not None, "load_weights() first"
+        self.kv_cache = self.kv_spec.allocate(num_blocks, self.device)
+        layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        assert len(layers) == self.model_config.num_hidden_layers
+        for i, attn in enumerate(layers):
+            attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+
+    @torch.inference_mode()
+    def run(self, step: StepMetadata) -> torch.Tensor | None:
+        """Run one step; return float32 logits ``[num seqs with sample, vocab]``, or None
+        when no sequence samples."""
+        assert self.model is not None and self.kv_cache is not None, "load and allocate first"
+        if not step.seqs:
+            return None
+        for s in step.seqs:
+            end = s.start_pos + len(s.token_ids)
+            if end > self.model_config.max_model_len:
+                raise ModelError(
+                    f"seq {s.seq_id} reaches position {end}, past max_model_len="
+                    f"{self.model_config.max_model_len} of this model"
+                )
+        token_ids = [t for s in step.seqs for t in s.token_ids]
+        input_ids = torch.tensor(token_ids, dtype=torch.long).to(self.device)  # [T]
+        meta = build_attention_metadata(step.seqs, self.block_size, self.device)
+        hidden = self.model(input_ids, meta)  # [T, H]
+        last, sample_rows = -1, []
+        for s in step.seqs:
+            last += len(s.token_ids)
+            if s.sample:
+                sample_rows.append(last)
+        if not sample_rows:
+            return None
+        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden[rows]).float()  # [N, V]

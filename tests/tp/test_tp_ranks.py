@@ -1,0 +1,135 @@
+"""TP=2 for real: two processes, gloo on loopback, compared with transformers.
+
+All checkpoints run in one pair of ranks (spawning costs seconds); the fixture gathers
+rank 0's results and each test checks one property of them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import traceback
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from rt.plugins.tp.model_runner import ModelRunner
+from rt.plugins.tp.parallel import ParallelContext
+
+from .tiny_models import (
+    CHECKPOINTS,
+    BlockTables,
+    full_logits,
+    greedy_decode,
+    load_reference,
+    random_prompt,
+    reference_greedy,
+    write_checkpoint,
+)
+
+BLOCK_SIZE, NUM_BLOCKS, NEW_TOKENS = 4, 64, 32
+PROMPT_LENS = (5, 11, 1)
+# mistral has a single KV head, which TP=2 cannot split (KV heads are not replicated)
+TP2_CHECKPOINTS = [n for n in CHECKPOINTS if n != "mistral"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world_size: int, port: int, fn, args, results) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+        )
+        value = fn(ParallelContext.from_distributed("cpu"), *args)
+        # plain pickle copies tensors by value; the queue's own pickler would share them
+        # through file descriptors that die with this process
+        results.put((rank, pickle.dumps(value), None))
+    except BaseException:
+        results.put((rank, None, traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(world_size: int, fn, *args, timeout: float = 120.0) -> list:
+    """Run ``fn(ctx, *args)`` on ``world_size`` spawned gloo ranks; return their results
+    in rank order (``fn`` must be a module-level function)."""
+    spawn = mp.get_context("spawn")
+    results = spawn.Queue()
+    port = free_port()
+    procs = [
+        spawn.Process(target=_rank_main, args=(r, world_size, port, fn, args, results))
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        got = dict()
+        for _ in range(world_size):
+            rank, value, error = results.get(timeout=timeout)
+            if error:
+                raise AssertionError(f"rank {rank} failed:\n{error}")
+            got[rank] = pickle.loads(value)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [got[r] for r in range(world_size)]
+
+
+def _tp_worker(ctx: ParallelContext, paths: dict) -> dict:
+    out = {}
+    for name, path in paths.items():
+        runner = ModelRunner(path, ctx, torch.float32, "cpu", BLOCK_SIZE)
+        runner.load_weights()
+        runner.allocate_kv_cache(NUM_BLOCKS)
+        vocab = runner.model_config.vocab_size
+        prompt = random_prompt(13, vocab, seed=1)
+        logits = full_logits(runner, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
+        prompts = [random_prompt(n, vocab, seed=n) for n in PROMPT_LENS]
+        tokens = greedy_decode(runner, prompts, NEW_TOKENS, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
+        out[name] = dict(logits=logits, tokens=tokens, param_bytes=runner.param_bytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def tp2(tmp_path_factory):
+    paths = {n: write_checkpoint(n, tmp_path_factory.mktemp(n)) for n in TP2_CHECKPOINTS}
+    ranks = run_ranks(2, _tp_worker, paths)
+    return paths, ranks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TP2_CHECKPOINTS)
+def test_tp2_matches_transformers(tp2, name):
+    paths, ranks = tp2
+    ref = load_reference(paths[name])
+    vocab = ref.config.vocab_size
+    prompt = random_prompt(13, vocab, seed=1)
+    with torch.no_grad():
+        expected = ref(torch.tensor([prompt])).logits[0]
+    prompts = [random_prompt(n, vocab, seed=n) for n in PROMPT_LENS]
+    expected_tokens = [reference_greedy(ref, p, NEW_TOKENS) for p in prompts]
+    for rank in ranks:  # every rank sees the full-vocabulary logits
+        torch.testing.assert_close(rank[name]["logits"], expected, atol=1e-4, rtol=1e-4)
+        assert rank[name]["tokens"] == expected_tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TP2_CHECKPOINTS)
+def test_tp2_ranks_each_hold_about_half_the_parameters(tp2, name):
+    paths, ranks = tp2
+    single = ModelRunner(paths[name], ParallelContext.single(), torch.float32, "cpu")
+    single.load_weights()
+    total = single.param_bytes()
+    for rank in ranks:
+        # only the RMSNorm weights (and vocab padding) are not split
+        assert 0.5 * total <= rank[name]["param_bytes"] < 0.52 * total
