@@ -81,10 +81,22 @@ def build_parser(pm: RtPluginManager) -> argparse.ArgumentParser:
     add_config_options(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     pm.hook.rt_register_commands(subparsers=subparsers)
+    _add_bench_command(pm, subparsers)
     for name, sub in subparsers.choices.items():
         add_config_options(sub)
         pm.hook.rt_add_options(parser=sub, command=name)
     return parser
+
+
+def _add_bench_command(pm: RtPluginManager, subparsers: argparse._SubParsersAction) -> None:
+    """``rt bench NAME``: benchmarks come from plugins via ``rt_register_benchmarks``."""
+    bench = subparsers.add_parser("bench", help="benchmarks (startup, generation, broadcast)")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    pm.hook.rt_register_benchmarks(subparsers=bench_sub)
+    for name, sub in bench_sub.choices.items():
+        add_config_options(sub)
+        pm.hook.rt_add_options(parser=sub, command=f"bench {name}")
+    bench.set_defaults(handler=lambda args, cli: bench.print_help() or 2)
 
 
 def _run(argv: Sequence[str]) -> int:

@@ -118,6 +118,11 @@ def cli_layer(pairs: list[tuple[str, Any, str]]) -> Layer:
     """CLI overrides: ``(key, value, flag)`` triples; ``flag`` is shown in errors."""
     layer = Layer(Source("cli", "command line"))
     for key, value, flag in pairs:
+        if key == "plugins" and key in layer.values:
+            # Plugin specs accumulate: "--plugins a -p no:b" keeps both.
+            value = [*layer.values[key][0], value]
+        elif key == "plugins":
+            value = [value]
         layer.values[key] = (value, Source("cli", f"command-line {flag}"))
     return layer
 

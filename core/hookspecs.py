@@ -61,6 +61,20 @@ def rt_add_options(parser: Any, command: str) -> None:
 
 
 @hookspec
+def rt_register_benchmarks(subparsers: Any) -> None:
+    """Add ``rt bench`` subcommands, the same way as :func:`rt_register_commands`.
+
+    Example::
+
+        @hookimpl
+        def rt_register_benchmarks(subparsers):
+            p = subparsers.add_parser("generate", help="output tokens/s")
+            p.add_argument("--json", action="store_true")
+            p.set_defaults(handler=bench_generate)
+    """
+
+
+@hookspec
 def rt_configure(config: Any, runtime: Any) -> None:
     """Called once per runtime (driver and every rank) before the first stage runs.
 
@@ -73,6 +87,46 @@ def rt_configure(config: Any, runtime: Any) -> None:
         @hookimpl
         def rt_configure(runtime):
             runtime.pm.register(MyTracer(runtime.timeline), name="my-tracer")
+    """
+
+
+# ---------------------------------------------------------------------------
+# model: resolve what to serve, in the driver
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_resolve_model(config: Any, runtime: Any) -> Any:
+    """Find the model folder to serve (``firstresult``).
+
+    Return a record with at least ``path`` (a local folder holding config.json,
+    the safetensors shards and tokenizer files), ``name`` (shown to users) and
+    ``files`` (every file load-weights and the tokenizer will open, so preload can
+    prefetch exactly those). Converting a model once (the default GGUF) belongs here.
+
+    Example::
+
+        @hookimpl
+        def rt_resolve_model(config):
+            return resolve_model(config.model.source, config.model.revision,
+                                 config.model.download_dir)
+    """
+
+
+# ---------------------------------------------------------------------------
+# tokenizer: load it while the weights load, in the driver
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rt_load_tokenizer(config: Any, runtime: Any) -> Any:
+    """Load the tokenizer and chat template of the resolved model (``firstresult``).
+
+    Example::
+
+        @hookimpl(trylast=True)
+        def rt_load_tokenizer(runtime):
+            return Tokenizer.from_dir(runtime.result("model").path)
     """
 
 
