@@ -53,16 +53,27 @@ def add_startup_options(parser: argparse.ArgumentParser) -> None:
     """Options of commands that run the startup graph (serve, generate, bench)."""
     group = parser.add_argument_group("startup")
     group.add_argument(
-        "--tp", dest="parallel.tp", type=int, default=argparse.SUPPRESS, metavar="N",
+        "--tp",
+        dest="parallel.tp",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
         help="tensor-parallel size (number of ranks)",
     )
     group.add_argument(
-        "--startup-trace", dest="startup.trace", default=argparse.SUPPRESS, metavar="FILE",
+        "--startup-trace",
+        dest="startup.trace",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
         help="write the startup timeline as Chrome-trace JSON (open it in Perfetto)",
     )
     group.add_argument(
-        "--sequential-startup", dest="startup.sequential", action="store_const", const=True,
-        default=argparse.SUPPRESS, help="run the startup stages one at a time (the baseline)",
+        "--sequential-startup",
+        dest="startup.sequential",
+        action="store_const",
+        const=True,
+        default=argparse.SUPPRESS,
+        help="run the startup stages one at a time (the baseline)",
     )
 
 

@@ -9,7 +9,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
-
 from rt.core.config import Config
 from rt.core.config_loader import parse_set_option
 from rt.core.discovery import Catalog

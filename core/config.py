@@ -75,7 +75,9 @@ class CompileConfig:
 class GraphsConfig:
     mode: str = attrs.field(default="lazy", validator=in_(("off", "eager", "lazy")))
     capture_sizes: tuple[int, ...] = attrs.field(
-        default=(1, 2, 4, 8, 16, 32), converter=tuple, validator=attrs.validators.deep_iterable(gt(0))
+        default=(1, 2, 4, 8, 16, 32),
+        converter=tuple,
+        validator=attrs.validators.deep_iterable(gt(0)),
     )
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
 from rt.core.config import SECTIONS, Config
 from rt.core.errors import ConfigError
 
@@ -153,7 +152,11 @@ def _coerce(value: Any, hint: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
             raise ValueError(f"expected a list, got {value!r}")
-        return tuple(_coerce(item.strip() if isinstance(item, str) else item, args[0]) for item in items if item != "")
+        return tuple(
+            _coerce(item.strip() if isinstance(item, str) else item, args[0])
+            for item in items
+            if item != ""
+        )
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -226,5 +229,7 @@ def resolve(layers: list[Layer]) -> Config:
             where = provenance.get(f"{section}.{culprit}") if culprit else None
             key = f"{section}.{culprit}" if culprit else f"[{section}]"
             value = values.get(culprit) if culprit else values
-            raise ConfigError(f"bad value for {key}: {value!r} from {where or 'config'}: {e}") from None
+            raise ConfigError(
+                f"bad value for {key}: {value!r} from {where or 'config'}: {e}"
+            ) from None
     return Config(plugins=tuple(plugins), **built)

@@ -11,7 +11,6 @@ import importlib.metadata as md
 import traceback
 
 import attrs
-
 from rt.core.errors import PluginError
 from rt.core.stage import Stage
 
@@ -110,4 +109,6 @@ def _entries(group: str, cls: type) -> tuple:
 
 def discover() -> Catalog:
     """Read (never load) every installed plugin and stage entry point."""
-    return Catalog(plugins=_entries(PLUGIN_GROUP, PluginEntry), stages=_entries(STAGE_GROUP, StageEntry))
+    return Catalog(
+        plugins=_entries(PLUGIN_GROUP, PluginEntry), stages=_entries(STAGE_GROUP, StageEntry)
+    )

@@ -6,7 +6,6 @@ import difflib
 from collections.abc import Iterable, Sequence
 
 import pluggy
-
 from rt.core import hookspecs
 from rt.core.discovery import PluginEntry
 from rt.core.errors import PluginError
@@ -47,7 +46,9 @@ def _check_pending(pm: RtPluginManager) -> None:
                 continue
             close = difflib.get_close_matches(name, known, n=1)
             maybe = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"{pm.origin(impl.plugin_name)} implements unknown hook {name!r}{maybe}")
+            problems.append(
+                f"{pm.origin(impl.plugin_name)} implements unknown hook {name!r}{maybe}"
+            )
     if problems:
         raise PluginError(
             "\n".join(problems) + "\n(a stage that declares this hook may not be selected; "

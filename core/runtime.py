@@ -66,8 +66,17 @@ class Runtime:
         values = {"config": self.config, "runtime": self}
         missing = [a for a in argnames if a not in values]
         if missing:
-            raise RtError(f"stage hooks may only take 'config' and 'runtime'; spec asks for {missing}")
+            raise RtError(
+                f"stage hooks may only take 'config' and 'runtime'; spec asks for {missing}"
+            )
         return {a: values[a] for a in argnames}
+
+    def abort_startup(self, error: BaseException) -> None:
+        """Fail startup from outside a stage (a worker rank died while a stage waits
+        on it). A no-op once startup has finished."""
+        scheduler = self.services.get("scheduler")
+        if scheduler is not None and not self.ready.is_set():
+            scheduler.abort(error)
 
     def configure(self) -> None:
         self.pm.hook.rt_configure(config=self.config, runtime=self)

@@ -20,7 +20,6 @@ import traceback
 from typing import Any
 
 import attrs
-
 from rt.core.errors import RtError, StageFailed
 from rt.core.graph import check_graph
 from rt.core.runtime import Runtime
@@ -105,10 +104,21 @@ class StageScheduler:
         """Wait for background stages too; True when every stage has finished."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: self._error is not None
-                or all(v in ("ok", "skipped", "failed", "cancelled") for v in self._state.values()),
+                lambda: (
+                    self._error is not None
+                    or all(
+                        v in ("ok", "skipped", "failed", "cancelled") for v in self._state.values()
+                    )
+                ),
                 timeout,
             )
+
+    def abort(self, error: BaseException) -> None:
+        """Stop startup with ``error``: nothing new starts and ``run`` raises it."""
+        with self._cond:
+            if self._error is None:
+                self._error = error
+            self._cond.notify_all()
 
     def _needs_met(self, stage: Stage) -> bool:
         return all(self._state[n] in ("ok", "skipped") for n in stage.needs)
@@ -123,7 +133,10 @@ class StageScheduler:
                 self._set_state(stage.name, "running")
                 ctx = contextvars.copy_context()
                 thread = threading.Thread(
-                    target=ctx.run, args=(self._run_stage, stage), name=f"stage:{stage.name}", daemon=True
+                    target=ctx.run,
+                    args=(self._run_stage, stage),
+                    name=f"stage:{stage.name}",
+                    daemon=True,
                 )
                 thread.start()
 
@@ -142,7 +155,9 @@ class StageScheduler:
                     if value == "pending":
                         self._set_state(name, "cancelled")
                         span = self.runtime.timeline.begin(name, None, kind="stage")
-                        self.runtime.timeline.end(span, "skipped", f"not started: {stage.name!r} failed")
+                        self.runtime.timeline.end(
+                            span, "skipped", f"not started: {stage.name!r} failed"
+                        )
             self._schedule_locked()
             self._cond.notify_all()
 
@@ -191,7 +206,9 @@ class StageScheduler:
         providers: list[str] = []
         skips: list[str] = []
         for impl in impls:
-            others = [i.plugin for i in impls if i is not impl and id(i.plugin) not in wrapper_plugins]
+            others = [
+                i.plugin for i in impls if i is not impl and id(i.plugin) not in wrapper_plugins
+            ]
             single = pm.subset_hook_caller(stage.hook, remove_plugins=others)
             token = _current_call.set(HookCall(stage.name, impl.plugin_name))
             try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import attrs
-
 from rt.core.discovery import Catalog, PluginEntry, StageEntry
 from rt.core.errors import UsageError
 

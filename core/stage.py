@@ -42,7 +42,9 @@ class Stage:
     name: str = attrs.field(validator=_stage_name)
     hook: str = attrs.field(validator=_hook_name)
     needs: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    where: Where = attrs.field(default="driver", validator=attrs.validators.in_(("driver", "ranks")))
+    where: Where = attrs.field(
+        default="driver", validator=attrs.validators.in_(("driver", "ranks"))
+    )
     background: bool = False
     required: bool = False
     specs: object | None = None

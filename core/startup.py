@@ -12,6 +12,7 @@ from rt.core.scheduler import StageScheduler
 from rt.core.selection import Selection
 from rt.core.stage import Stage
 from rt.core.timeline import Timeline
+from rt.core.timeline_export import to_table, write_chrome_trace
 
 
 def create_runtime(
@@ -63,3 +64,18 @@ def run_startup(runtime: Runtime) -> StageScheduler:
     runtime.services["scheduler"] = scheduler
     scheduler.run()
     return scheduler
+
+
+def report_startup(runtime: Runtime) -> None:
+    """Print the timeline table (stderr) and write the Chrome trace when asked.
+
+    Called after startup, also after a failed one: the timeline shows what ran.
+    """
+    import sys
+
+    config = runtime.config
+    if config.startup.print_timeline:
+        print(to_table(runtime.timeline), file=sys.stderr)
+    if config.startup.trace:
+        write_chrome_trace(runtime.timeline, config.startup.trace)
+        print(f"startup trace written to {config.startup.trace}", file=sys.stderr)

@@ -20,7 +20,9 @@ from rt.core.paths import rt_cache_dir
 
 
 def _device_identity(torch: Any) -> tuple[list[str], str]:
-    uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    uuids = [
+        str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())
+    ]
     driver = str(torch.cuda.driver_version()) if hasattr(torch.cuda, "driver_version") else "?"
     return uuids, driver
 

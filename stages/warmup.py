@@ -7,7 +7,14 @@ from rt.core import Stage
 STAGE = Stage(
     name="warmup",
     hook="rt_warmup",
-    needs=("tokenizer", "load-weights", "kv-cache", "compile", "graph-capture", "metadata-broadcast"),
+    needs=(
+        "tokenizer",
+        "load-weights",
+        "kv-cache",
+        "compile",
+        "graph-capture",
+        "metadata-broadcast",
+    ),
     where="ranks",
     description="one real tiny request through the engine before /ready turns 200",
 )

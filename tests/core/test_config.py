@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from rt.core.cli import main
 from rt.core.config import parse_bytes
 from rt.core.errors import ConfigError
@@ -51,7 +50,10 @@ def test_unknown_key_names_key_file_and_line(tmp_path):
 
 
 def test_unknown_section_is_an_error():
-    with pytest.raises(ConfigError, match=r"unknown config key 'sever.port' from environment variable RT_SEVER__PORT"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key 'sever.port' from environment variable RT_SEVER__PORT",
+    ):
         load_config(environ={"RT_SEVER__PORT": "1"})
 
 
@@ -59,8 +61,13 @@ def test_bad_value_names_key_value_and_source():
     with pytest.raises(ConfigError) as info:
         load_config(environ={}, cli=[("compile.mode", "fast", "--set compile.mode=fast")])
     message = str(info.value)
-    assert "compile.mode" in message and "'fast'" in message and "--set compile.mode=fast" in message
-    with pytest.raises(ConfigError, match=r"bad value for parallel.tp: 'two' from environment variable RT_PARALLEL__TP"):
+    assert (
+        "compile.mode" in message and "'fast'" in message and "--set compile.mode=fast" in message
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"bad value for parallel.tp: 'two' from environment variable RT_PARALLEL__TP",
+    ):
         load_config(environ={"RT_PARALLEL__TP": "two"})
 
 
@@ -72,7 +79,9 @@ def test_bad_value_in_profile_names_line(tmp_path):
 
 
 def test_unknown_profile_lists_available():
-    with pytest.raises(ConfigError, match=r"unknown profile 'fast'; available: fast-startup, latency, throughput"):
+    with pytest.raises(
+        ConfigError, match=r"unknown profile 'fast'; available: fast-startup, latency, throughput"
+    ):
         load_config("fast", environ={})
 
 
@@ -89,7 +98,9 @@ def test_types_are_coerced_from_strings():
 def test_plugins_accumulate_across_sources(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text('plugins = ["shm-broadcast", "p2p-table"]\n')
-    config = load_config(str(path), environ={"RT_PLUGINS": "extra"}, cli=[("plugins", "no:p2p-table", "-p")])
+    config = load_config(
+        str(path), environ={"RT_PLUGINS": "extra"}, cli=[("plugins", "no:p2p-table", "-p")]
+    )
     assert config.plugins == ("shm-broadcast", "p2p-table", "extra", "no:p2p-table")
 
 
@@ -106,7 +117,10 @@ def test_cli_set_flag_and_bad_key(capsys):
     assert resolved["config"]["server"]["port"] == 9100
     assert resolved["config"]["compile"]["mode"] == "background"
     assert main(["profiles", "--set", "server.prot=1"]) == 2
-    assert "unknown config key 'server.prot' from command-line --set server.prot=1" in capsys.readouterr().err
+    assert (
+        "unknown config key 'server.prot' from command-line --set server.prot=1"
+        in capsys.readouterr().err
+    )
 
 
 def test_profiles_json_lists_the_three(capsys):

@@ -7,12 +7,12 @@ import sys
 import time
 
 import pytest
-
 from rt.core.cli import main
 from rt.core.config import Config, StartupConfig
 from rt.core.discovery import discover
 from rt.core.selection import select
 from rt.core.startup import create_runtime, run_startup
+
 from tests.conftest import write_distribution
 
 DEMO_PLUGIN = """
@@ -49,7 +49,10 @@ def demo(site_dir):
         "rt-demo",
         "0.3",
         {"rt_demo_plugin": DEMO_PLUGIN, "rt_demo_stage": DEMO_STAGE},
-        {"rt.plugins": {"demo": "rt_demo_plugin"}, "rt.stages": {"load-lora": "rt_demo_stage:STAGE"}},
+        {
+            "rt.plugins": {"demo": "rt_demo_plugin"},
+            "rt.stages": {"load-lora": "rt_demo_stage:STAGE"},
+        },
     )
     return site_dir
 
@@ -62,14 +65,22 @@ def _json(capsys, *args: str):
 def test_unselected_plugin_is_listed_but_never_imported(demo, capsys):
     rows = {r["name"]: r for r in _json(capsys, "plugins", "--json")}
     assert rows["demo"] == {
-        "name": "demo", "distribution": "rt-demo", "version": "0.3", "kind": "third-party",
-        "selected": False, "blocked": False, "hooks": None, "entry_point": "rt_demo_plugin",
+        "name": "demo",
+        "distribution": "rt-demo",
+        "version": "0.3",
+        "kind": "third-party",
+        "selected": False,
+        "blocked": False,
+        "hooks": None,
+        "entry_point": "rt_demo_plugin",
     }
     assert rows["p2p"]["kind"] == "builtin" and rows["p2p"]["selected"]
     assert "rt_demo_plugin" not in sys.modules
     assert "rt_demo_stage" not in sys.modules
     stages = [r["name"] for r in _json(capsys, "stages", "--json")]
-    assert "load-lora" not in stages, "a third-party stage joins only with its distribution's plugin"
+    assert "load-lora" not in stages, (
+        "a third-party stage joins only with its distribution's plugin"
+    )
 
 
 def test_selected_plugin_is_loaded_and_its_stage_joins(demo, capsys):
@@ -84,7 +95,10 @@ def test_selected_plugin_is_loaded_and_its_stage_joins(demo, capsys):
 
 
 def test_no_name_blocks_third_party_and_builtin(demo, capsys):
-    rows = {r["name"]: r for r in _json(capsys, "plugins", "--json", "--plugins=demo,no:demo", "-p", "no:p2p")}
+    rows = {
+        r["name"]: r
+        for r in _json(capsys, "plugins", "--json", "--plugins=demo,no:demo", "-p", "no:p2p")
+    }
     assert not rows["demo"]["selected"] and rows["demo"]["blocked"]
     assert not rows["p2p"]["selected"] and rows["p2p"]["blocked"]
     stages = {r["name"]: r for r in _json(capsys, "stages", "--json", "--plugins=no:p2p")}
@@ -109,8 +123,17 @@ def test_selected_firstresult_takes_over_and_third_party_stage_runs_in_order(dem
     selection = select(discover(), ["demo"])
     config = Config(startup=StartupConfig(print_timeline=False))
     rt = create_runtime(
-        config, selection, extra_plugins=[("fake", FakeWeights())],
-        exclude=["frontend", "kv-cache", "compile", "graph-capture", "metadata-broadcast", "warmup"],
+        config,
+        selection,
+        extra_plugins=[("fake", FakeWeights())],
+        exclude=[
+            "frontend",
+            "kv-cache",
+            "compile",
+            "graph-capture",
+            "metadata-broadcast",
+            "warmup",
+        ],
     )
     scheduler = run_startup(rt)
     assert scheduler.wait_background(timeout=10)
@@ -130,7 +153,10 @@ def test_unknown_plugin_name_exits_2_listing_available(demo, capsys):
 
 def test_plugin_that_fails_to_import_names_itself_and_its_distribution(site_dir, capsys):
     write_distribution(
-        site_dir, "rt-broken", "1.0", {"rt_broken": "import does_not_exist_anywhere\n"},
+        site_dir,
+        "rt-broken",
+        "1.0",
+        {"rt_broken": "import does_not_exist_anywhere\n"},
         {"rt.plugins": {"broken": "rt_broken"}},
     )
     assert main(["plugins"]) == 0, "listing does not import it"
@@ -143,8 +169,12 @@ def test_plugin_that_fails_to_import_names_itself_and_its_distribution(site_dir,
 
 def test_misspelt_hook_is_caught_by_check_pending(site_dir, capsys):
     source = "from rt.core import hookimpl\n\n@hookimpl\ndef rt_lod_weights():\n    return 1\n"
-    write_distribution(site_dir, "rt-typo", "2.0", {"rt_typo": source}, {"rt.plugins": {"typo": "rt_typo"}})
+    write_distribution(
+        site_dir, "rt-typo", "2.0", {"rt_typo": source}, {"rt.plugins": {"typo": "rt_typo"}}
+    )
     assert main(["plugins", "--plugins=typo"]) == 1
     err = capsys.readouterr().err
-    assert "plugin 'typo' (distribution 'rt-typo' 2.0) implements unknown hook 'rt_lod_weights'" in err
+    assert (
+        "plugin 'typo' (distribution 'rt-typo' 2.0) implements unknown hook 'rt_lod_weights'" in err
+    )
     assert "did you mean 'rt_load_weights'?" in err

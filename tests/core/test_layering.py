@@ -43,7 +43,9 @@ def test_core_imports_no_stage_plugin_or_torch_at_import_time():
         for module, top in _imports(path):
             assert not module.startswith(("rt.stages", "rt.plugins")), f"{path} imports {module}"
             if top:
-                assert module.split(".")[0] not in ("torch", "transformers"), f"{path} imports {module}"
+                assert module.split(".")[0] not in ("torch", "transformers"), (
+                    f"{path} imports {module}"
+                )
 
 
 def test_stages_import_only_core():

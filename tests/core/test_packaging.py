@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import rt
+
 from tests.conftest import REPO, run_rt
 
 
@@ -27,7 +28,9 @@ def test_every_package_directory_is_listed_in_pyproject():
                 continue  # another package's root (core/_rt is ``rt`` itself)
             rel = init.parent.relative_to(root).parts
             found.add(".".join((package, *rel)))
-    assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert found - listed == set(), (
+        f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+    )
     assert listed - found == set(), f"listed but missing on disk: {sorted(listed - found)}"
 
 

@@ -6,11 +6,11 @@ import threading
 import time
 
 import pytest
-
 from rt.core import SkipStage, Stage, StageFailed, StageGraphError, hookimpl, hookspec
 from rt.core.errors import RtError
 from rt.core.graph import check_graph
 from rt.core.startup import run_startup
+
 from tests.core.helpers import runtime_with
 
 
@@ -45,7 +45,9 @@ class Sleepy:
 
 
 def test_independent_stages_overlap_with_the_concurrent_scheduler():
-    rt = runtime_with([("sleepy", Sleepy())], [stage("alpha", "rt_alpha"), stage("beta", "rt_beta")])
+    rt = runtime_with(
+        [("sleepy", Sleepy())], [stage("alpha", "rt_alpha"), stage("beta", "rt_beta")]
+    )
     start = time.perf_counter()
     run_startup(rt)
     elapsed = time.perf_counter() - start
@@ -57,7 +59,9 @@ def test_independent_stages_overlap_with_the_concurrent_scheduler():
 
 def test_sequential_startup_runs_one_stage_at_a_time():
     rt = runtime_with(
-        [("sleepy", Sleepy())], [stage("alpha", "rt_alpha"), stage("beta", "rt_beta")], sequential=True
+        [("sleepy", Sleepy())],
+        [stage("alpha", "rt_alpha"), stage("beta", "rt_beta")],
+        sequential=True,
     )
     start = time.perf_counter()
     run_startup(rt)
@@ -80,7 +84,9 @@ def test_needs_are_respected_and_results_flow():
             seen.append("beta")
             return runtime.result("alpha") + 1
 
-    rt = runtime_with([("p", P())], [stage("beta", "rt_beta", needs=("alpha",)), stage("alpha", "rt_alpha")])
+    rt = runtime_with(
+        [("p", P())], [stage("beta", "rt_beta", needs=("alpha",)), stage("alpha", "rt_alpha")]
+    )
     run_startup(rt)
     assert seen == ["alpha", "beta"]
     assert rt.results["beta"] == 2
@@ -88,7 +94,12 @@ def test_needs_are_respected_and_results_flow():
 
 def test_a_cycle_names_its_stages():
     with pytest.raises(StageGraphError, match=r"cycle: alpha -> beta -> alpha"):
-        check_graph([stage("alpha", "rt_alpha", needs=("beta",)), stage("beta", "rt_beta", needs=("alpha",))])
+        check_graph(
+            [
+                stage("alpha", "rt_alpha", needs=("beta",)),
+                stage("beta", "rt_beta", needs=("alpha",)),
+            ]
+        )
 
 
 def test_unknown_needs_names_both_stages():
@@ -112,14 +123,18 @@ def test_a_failing_hookimpl_names_stage_plugin_and_traceback():
         def rt_beta(self):
             return "b"
 
-    rt = runtime_with([("broken-plugin", Broken()), ("fine", Fine())],
-                      [stage("alpha", "rt_alpha"), stage("beta", "rt_beta", needs=("alpha",))])
+    rt = runtime_with(
+        [("broken-plugin", Broken()), ("fine", Fine())],
+        [stage("alpha", "rt_alpha"), stage("beta", "rt_beta", needs=("alpha",))],
+    )
     with pytest.raises(StageFailed) as info:
         run_startup(rt)
     message = str(info.value)
     assert "stage 'alpha' failed in plugin 'broken-plugin'" in message
     assert "ValueError: checkpoint is corrupt" in message
-    assert "original traceback" in message and 'raise ValueError("checkpoint is corrupt")' in message
+    assert (
+        "original traceback" in message and 'raise ValueError("checkpoint is corrupt")' in message
+    )
     spans = {(s.stage, s.kind): s for s in rt.timeline.spans()}
     assert spans[("alpha", "stage")].outcome == "failed"
     assert spans[("alpha", "hook")].plugin == "broken-plugin"
@@ -129,7 +144,9 @@ def test_a_failing_hookimpl_names_stage_plugin_and_traceback():
 
 
 def test_a_required_stage_without_implementation_fails_before_anything_runs():
-    with pytest.raises(RtError, match=r"stage 'alpha' is required, but no selected plugin implements 'rt_alpha'"):
+    with pytest.raises(
+        RtError, match=r"stage 'alpha' is required, but no selected plugin implements 'rt_alpha'"
+    ):
         run_startup(runtime_with([], [stage("alpha", "rt_alpha", required=True)]))
 
 
@@ -139,7 +156,9 @@ def test_skips_are_recorded_with_their_reason():
         def rt_alpha(self):
             raise SkipStage("no CUDA devices")
 
-    rt = runtime_with([("nocuda", NoCuda())], [stage("alpha", "rt_alpha"), stage("beta", "rt_beta")])
+    rt = runtime_with(
+        [("nocuda", NoCuda())], [stage("alpha", "rt_alpha"), stage("beta", "rt_beta")]
+    )
     run_startup(rt)
     by_kind = {(s.stage, s.kind): s for s in rt.timeline.spans()}
     assert by_kind[("alpha", "stage")].outcome == "skipped"
@@ -160,7 +179,9 @@ def test_firstresult_takes_the_first_plugin_that_answers_and_trylast_yields():
             return "third-party"
 
     # Registration order must not matter: the built-in is registered last here.
-    rt = runtime_with([("third", ThirdParty()), ("builtin", BuiltIn())], [stage("alpha", "rt_alpha")])
+    rt = runtime_with(
+        [("third", ThirdParty()), ("builtin", BuiltIn())], [stage("alpha", "rt_alpha")]
+    )
     run_startup(rt)
     assert rt.results["alpha"] == "third-party"
     hook_spans = [s for s in rt.timeline.spans() if s.kind == "hook"]
@@ -178,7 +199,9 @@ def test_collecting_hook_records_one_span_per_hookimpl():
         def rt_gamma(self):
             return 2
 
-    rt = runtime_with([("one", One()), ("two", Two())], [stage("alpha", "rt_alpha"), stage("gamma", "rt_gamma")])
+    rt = runtime_with(
+        [("one", One()), ("two", Two())], [stage("alpha", "rt_alpha"), stage("gamma", "rt_gamma")]
+    )
     run_startup(rt)
     assert sorted(rt.results["gamma"]) == [1, 2]
     hooks = sorted(s.plugin for s in rt.timeline.spans() if s.kind == "hook" and s.stage == "gamma")
@@ -195,7 +218,9 @@ def test_a_hookimpl_may_take_no_arguments_or_any_subset():
         def rt_beta(self, config):
             return config.parallel.tp
 
-    rt = runtime_with([("subsets", Subsets())], [stage("alpha", "rt_alpha"), stage("beta", "rt_beta")])
+    rt = runtime_with(
+        [("subsets", Subsets())], [stage("alpha", "rt_alpha"), stage("beta", "rt_beta")]
+    )
     run_startup(rt)
     assert rt.results == {"alpha": "none", "beta": 1}
 

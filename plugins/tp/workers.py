@@ -1,0 +1,159 @@
+"""The driver's view of the worker ranks: spawn, watch, collect their startup, stop.
+
+Ranks are forked from a forkserver that has torch and rt's rank module imported,
+so N ranks do not each pay the import. One monitor thread is the only reader of
+the ranks' pipes and process sentinels: it records each rank's startup report and
+notices a rank that dies, naming the rank and how it ended (exit code or signal)
+to every listener (the startup, the engine) within a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import wait
+
+from rt.core.errors import EngineDead, RtError
+from rt.core.timeline import Span
+from rt.plugins.tp.rank_main import RankSpec, rank_main
+
+log = logging.getLogger("rt.workers")
+
+_PRELOAD = ["torch", "rt.plugins.tp.rank_main", "rt.plugins.tp.model_runner"]
+
+
+def exit_reason(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+class WorkerGroup:
+    """Ranks 1..N-1 of a TP group (rank 0 is the driver process itself)."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.processes: dict[int, mp.process.BaseProcess] = {}
+        self._conns: dict[int, object] = {}
+        self._ready: dict[int, list[Span]] = {}
+        self._errors: dict[int, str] = {}
+        self._cond = threading.Condition()
+        self._listeners: list[Callable[[str], None]] = []
+        self._stopping = False
+        self.dead: str | None = None
+
+    @classmethod
+    def start(cls, specs: list[RankSpec], method: str = "forkserver") -> WorkerGroup:
+        group = cls(len(specs) + 1)
+        ctx = mp.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(_PRELOAD)
+        for spec in specs:
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=rank_main, args=(spec, child), name=f"rt-rank-{spec.rank}", daemon=True
+            )
+            proc.start()
+            child.close()
+            group.processes[spec.rank] = proc
+            group._conns[spec.rank] = parent
+        threading.Thread(target=group._monitor, name="rt-rank-monitor", daemon=True).start()
+        return group
+
+    def on_death(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(reason)`` when a rank dies (at once if one already has)."""
+        with self._cond:
+            self._listeners.append(listener)
+            dead = self.dead
+        if dead is not None:
+            listener(dead)
+
+    def _monitor(self) -> None:
+        sentinels = {p.sentinel: rank for rank, p in self.processes.items()}
+        conns = {c: rank for rank, c in self._conns.items()}
+        while True:
+            waitables = list(sentinels) + list(conns)
+            if not waitables:
+                return
+            for ready in wait(waitables):
+                if ready in conns:
+                    rank = conns[ready]
+                    try:
+                        self._on_message(rank, ready.recv())
+                    except (EOFError, OSError):
+                        del conns[ready]
+                else:
+                    rank = sentinels.pop(ready)
+                    self.processes[rank].join(timeout=1)
+                    self._on_exit(rank)
+
+    def _on_message(self, rank: int, message: tuple) -> None:
+        with self._cond:
+            if message[0] == "ready":
+                self._ready[rank] = [Span.from_dict(d) for d in message[1]]
+            elif message[0] == "error":
+                self._errors[rank] = (
+                    f"{message[1]}\n--- rank {rank} traceback ---\n{message[2].rstrip()}"
+                )
+            self._cond.notify_all()
+
+    def _on_exit(self, rank: int) -> None:
+        proc = self.processes[rank]
+        with self._cond:
+            if self._stopping:
+                return
+            detail = self._errors.get(rank)
+            reason = f"rank {rank} (pid {proc.pid}) {exit_reason(proc.exitcode)}"
+            if detail:
+                reason += f": {detail}"
+            if self.dead is None:
+                self.dead = reason
+            listeners = list(self._listeners)
+            self._cond.notify_all()
+        log.error("%s", reason)
+        for listener in listeners:
+            try:
+                listener(reason)
+            except Exception:
+                log.exception("rank-death listener failed")
+
+    def wait_ready(self, timeout: float | None = None) -> list[Span]:
+        """Wait for every rank's startup; return their spans. A failed or dead rank raises."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: (
+                    self.dead is not None or self._errors or len(self._ready) == len(self.processes)
+                ),
+                timeout,
+            )
+            if self._errors:
+                rank, detail = next(iter(sorted(self._errors.items())))
+                raise RtError(f"rank {rank} failed during startup: {detail}")
+            if self.dead is not None:
+                raise EngineDead(self.dead)
+            if not ok:
+                missing = sorted(set(self.processes) - set(self._ready))
+                raise RtError(f"ranks {missing} did not finish startup within {timeout}s")
+            return [s for spans in self._ready.values() for s in spans]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every rank: wait a little for a clean exit, then terminate, then kill."""
+        with self._cond:
+            self._stopping = True
+        for proc in self.processes.values():
+            proc.join(timeout)
+        for proc in self.processes.values():
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2)
