@@ -20,6 +20,16 @@ from rt.core import hookimpl, note
 def rt_frontend():
     return "frontend"
 
+
+@hookimpl
+def rt_resolve_model():
+    return "model"
+
+
+@hookimpl
+def rt_load_tokenizer():
+    return "tokenizer"
+
 @hookimpl
 def rt_start_workers():
     return "workers"
@@ -104,7 +114,7 @@ def test_serve_startup_only_prints_timeline_and_writes_trace(site_dir, tmp_path)
     )
     trace = tmp_path / "trace.json"
     result = run_rt(
-        "serve", "--startup-only", "--plugins=fake-engine", "--startup-trace", str(trace)
+        "serve", "--startup-only", "--plugins=fake-engine,no:tp", "--startup-trace", str(trace)
     )
     assert result.returncode == 0, result.stderr
     assert "load-weights" in result.stderr and "bytes=1234" in result.stderr
