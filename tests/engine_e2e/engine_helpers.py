@@ -1,0 +1,25 @@
+"""Start the real engine in-process (TP=1) through the real startup graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rt.core.discovery import discover
+from rt.core.profile_registry import load_config
+from rt.core.runtime import Runtime
+from rt.core.selection import select
+from rt.core.startup import create_runtime, run_startup
+
+
+def start_runtime(model: Path | str, *settings: tuple[str, str]) -> Runtime:
+    """Driver runtime without the frontend; ``settings`` are ``(key, value)`` overrides."""
+    cli = [("model.source", str(model), "test"), ("startup.print_timeline", "false", "test")]
+    cli += [(k, v, "test") for k, v in settings]
+    config = load_config(environ={}, cli=cli)
+    runtime = create_runtime(config, select(discover(), []), exclude=["frontend"])
+    try:
+        run_startup(runtime)
+    except BaseException:
+        runtime.shutdown()
+        raise
+    return runtime
