@@ -15,6 +15,21 @@ from rt.plugins.tp.models import get_model_class
 from rt.plugins.tp.parallel import ParallelContext
 
 
+def _transpose_storage(model: torch.nn.Module) -> None:
+    """Store every matrix column-major (the same values, ``W.t().contiguous().t()``).
+
+    ``F.linear(x, W)`` computes ``x @ W.T``; with ``W.T`` contiguous, CPU GEMV (one
+    token per sequence, the decode step) streams the weights about twice as fast:
+    ~19 GB/s instead of ~10 GB/s for the 113 MB LM head of SmolLM2 on this kind of
+    machine. Prefill GEMMs are unaffected. Tied parameters are one tensor, done once.
+    """
+    seen: set[int] = set()
+    for param in model.parameters():
+        if param.dim() == 2 and id(param) not in seen:
+            seen.add(id(param))
+            param.data = param.data.t().contiguous().t()
+
+
 class ModelRunner:
     """One rank's model.
 
@@ -63,6 +78,8 @@ class ModelRunner:
             model = self.model_class(self.model_config, self.ctx)
         materialize(model, self.device, self.dtype)
         load_weights(model, self.model_dir)
+        if self.device.type == "cpu":
+            _transpose_storage(model)
         self.model = model.eval()
 
     def param_bytes(self) -> int:

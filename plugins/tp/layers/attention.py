@@ -125,13 +125,16 @@ class Attention(nn.Module):
         v_flat = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
         k_flat.index_copy_(0, meta.slot_mapping, k)
         v_flat.index_copy_(0, meta.slot_mapping, v)
-        out = torch.empty_like(q)
-        if meta.decode_token_idx is not None:
-            idx = meta.decode_token_idx
-            qd = q[idx].unsqueeze(2)  # [Bd, Hq, 1, D]
+        kd = vd = None
+        if meta.decode_slots is not None:
             kd = k_flat[meta.decode_slots].transpose(1, 2)  # [Bd, Hkv, Lmax, D]
             vd = v_flat[meta.decode_slots].transpose(1, 2)
-            od = self._sdpa(qd, kd, vd, meta.decode_mask)  # [Bd, Hq, 1, D]
+        if not meta.prefills and kd is not None:  # a pure decode step: no scatter needed
+            return self._sdpa(q.unsqueeze(2), kd, vd, meta.decode_mask).squeeze(2)
+        out = torch.empty_like(q)
+        if kd is not None:
+            idx = meta.decode_token_idx
+            od = self._sdpa(q[idx].unsqueeze(2), kd, vd, meta.decode_mask)  # [Bd, Hq, 1, D]
             out[idx] = od.squeeze(2)
         for p in meta.prefills:
             rows = slice(p.token_start, p.token_start + p.num_tokens)

@@ -39,18 +39,19 @@ class RotaryEmbedding(nn.Module):
         # One per device, built on first use (the model may be built on the meta device).
         self._inv_freq: dict[torch.device, torch.Tensor] = {}
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: [T] -> cos, sin: [T, D/2] float32
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions: [T] -> cos, sin: [T, 1, D/2], computed in float32, cast once for all layers
         inv_freq = self._inv_freq.get(positions.device)
         if inv_freq is None:
             inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling)
             inv_freq = self._inv_freq.setdefault(positions.device, inv_freq.to(positions.device))
         freqs = positions.float().unsqueeze(-1) * inv_freq
-        return freqs.cos(), freqs.sin()
+        return freqs.cos().unsqueeze(1).to(dtype), freqs.sin().unsqueeze(1).to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [T, H, D]; cos, sin: [T, D/2]
-    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    # x: [T, H, D]; cos, sin: [T, 1, D/2] in x's dtype (see RotaryEmbedding.forward)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

@@ -100,7 +100,8 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         # input_ids: [T] -> hidden: [T, H]
-        cos, sin = self.rotary_emb(meta.positions)  # [T, D/2] each, shared by all layers
+        # cos, sin: [T, 1, D/2] each, shared by all layers
+        cos, sin = self.rotary_emb(meta.positions, self.embed_tokens.weight.dtype)
         x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
             x, residual = layer(x, residual, cos, sin, meta)

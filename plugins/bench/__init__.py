@@ -1,0 +1,19 @@
+"""Built-in plugin ``bench``: ``rt bench generate`` (and later startup, broadcast).
+
+Each benchmark runs the systems it compares in separate child processes of one
+invocation, so figures are measured side by side on the same machine and each
+child's peak memory is its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rt.core import hookimpl
+
+
+@hookimpl
+def rt_register_benchmarks(subparsers: Any) -> None:
+    from rt.plugins.bench.generate import register
+
+    register(subparsers)
