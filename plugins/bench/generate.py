@@ -84,11 +84,11 @@ def bench_generate(args: argparse.Namespace, cli: CliContext) -> int:
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,
     }
-    rt_side = _child("rt", args, cli, None)
+    rt_side = _child("rt", args, cli, None, None)
     result["model"] = rt_side.pop("model_name")
     result["rt"] = rt_side
     if not args.no_transformers:
-        hf = _child("transformers", args, cli, rt_side["model_path"])
+        hf = _child("transformers", args, cli, rt_side["model_path"], rt_side["dtype"])
         result["transformers"] = hf
         result["ratios"] = {
             "single_stream": round(rt_side["single_tok_s"] / hf["generate_tok_s"], 2),

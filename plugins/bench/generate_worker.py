@@ -88,6 +88,7 @@ def rt_side(spec: dict[str, Any]) -> dict[str, Any]:
     result = {
         "model_name": runtime.result("model").name,
         "model_path": str(runtime.result("model").path),
+        "dtype": str(runtime.result("load-weights").dtype).removeprefix("torch."),
         "single_tok_s": round(statistics.median(single), 1),
         "concurrent_tok_s": round(concurrent, 1),
         "ttft_s": round(statistics.median(ttfts), 4),
@@ -105,7 +106,8 @@ def transformers_side(spec: dict[str, Any]) -> dict[str, Any]:
 
     path = spec["model_path"]
     tok = Tokenizer.from_file(f"{path}/tokenizer.json")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # The same weights in the same dtype as rt ran them.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, spec["dtype"])).eval()
     n = spec["max_tokens"]
     ids = torch.tensor([tok.encode(PROMPTS[0]).ids])
     with torch.inference_mode():

@@ -34,11 +34,16 @@ class KVCacheSpec:
         return n
 
     def allocate(self, num_blocks: int, device: torch.device) -> torch.Tensor:
-        """Zeroed, so that padded (masked) slots never feed NaN into attention."""
+        """Uninitialised except block 0, which attention reads for padded (masked) slots:
+        masked garbage could be NaN, and NaN times a zero weight is still NaN. Every other
+        slot is written before it is read. Not touching the rest keeps startup fast and
+        lets the OS back the cache with memory only as blocks are used."""
         if num_blocks < 1:
             raise ConfigError(f"num_blocks must be >= 1, got {num_blocks}")
         shape = (2, self.num_layers, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        return torch.zeros(shape, dtype=self.dtype, device=device)
+        cache = torch.empty(shape, dtype=self.dtype, device=device)
+        cache[:, :, 0].zero_()
+        return cache
 
 
 def bytes_per_block(
