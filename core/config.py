@@ -48,6 +48,9 @@ class ParallelConfig:
     backend: str = attrs.field(default="auto", validator=in_(("auto", "gloo", "nccl")))
     master_addr: str = attrs.field(default="127.0.0.1", validator=instance_of(str))
     master_port: int = attrs.field(default=0, validator=[instance_of(int), ge(0)])
+    # Ranks the driver starts on its own node (None: all of them). The others join
+    # from other nodes with `rt worker`; see docs/architecture.md.
+    local_ranks: int | None = attrs.field(default=None, validator=optional(gt(0)))
 
 
 @attrs.frozen

@@ -51,12 +51,13 @@ def machine() -> dict[str, Any]:
 
 
 def _child(
-    side: str, args: argparse.Namespace, cli: CliContext, model_path: str | None
+    side: str, args: argparse.Namespace, cli: CliContext, model_path: str | None, dtype: str | None
 ) -> dict[str, Any]:
     spec = {
         "side": side,
         "model": args.model,
         "model_path": model_path,
+        "dtype": dtype,
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,
         "runs": args.runs,

@@ -16,8 +16,9 @@ from typing import Any
 import attrs
 from rt.core import SkipStage, hookimpl, note
 from rt.core.config import parse_bytes
+from rt.core.errors import ConfigError
 
-ENGINE_COMMANDS = ("serve", "generate", "bench generate", "bench startup")
+ENGINE_COMMANDS = ("serve", "generate", "worker", "bench generate", "bench startup")
 # The KV cache budget when cache.memory is "auto" on a CPU.
 CPU_KV_BUDGET = 512 * 1024 * 1024
 WARMUP_TIMEOUT_S = 600
@@ -59,6 +60,37 @@ def rt_add_options(parser: argparse.ArgumentParser, command: str) -> None:
         metavar="SIZE",
         help="KV cache budget, e.g. 512MiB (default: auto)",
     )
+
+
+@hookimpl
+def rt_register_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "worker", help="join a TP group as one rank, from another node (see docs/architecture.md)"
+    )
+    p.add_argument("model", nargs="?", default=None, help="the same model the driver serves")
+    p.add_argument("--rank", type=int, required=True, help="this rank (1..tp-1)")
+    p.add_argument("--tp", dest="parallel.tp", type=int, required=True, help="the TP size")
+    p.add_argument("--master-addr", dest="parallel.master_addr", required=True)
+    p.add_argument("--master-port", dest="parallel.master_port", type=int, required=True)
+    p.set_defaults(handler=_worker_command)
+
+
+def _worker_command(args: argparse.Namespace, cli: Any) -> int:
+    from rt.plugins.tp.model_source import resolve_model
+    from rt.plugins.tp.rank_main import RankSpec, rank_main
+
+    extra = [("model.source", args.model, "MODEL")] if args.model else []
+    config = cli.config(args, extra)
+    p = config.parallel
+    if not 0 < args.rank < p.tp:
+        raise ConfigError(
+            f"--rank {args.rank} is not a worker rank of --tp {p.tp}: use 1..{p.tp - 1}"
+        )
+    m = config.model
+    model = resolve_model(m.source, m.revision, m.download_dir, m.allow_download)
+    config = attrs.evolve(config, model=attrs.evolve(m, source=str(model.path)))
+    rank_main(RankSpec(args.rank, p.tp, p.master_addr, p.master_port, config, cli.selection), None)
+    return 0
 
 
 @hookimpl(trylast=True)
@@ -104,12 +136,20 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
     if tp == 1:
         note("ranks", 1)
         return TPWorkers(world_size=1, device=str(device))
+    local = config.parallel.local_ranks or tp
+    if local > tp:
+        raise ConfigError(f"parallel.local_ranks={local} is more than parallel.tp={tp}")
+    if local < tp and not config.parallel.master_port:
+        raise ConfigError(
+            f"ranks {local}..{tp - 1} join from other nodes, so they need a known port: "
+            "set parallel.master_port (and parallel.master_addr to this node's address)"
+        )
     port = config.parallel.master_port or free_port(config.parallel.master_addr)
     # Ranks load the folder this stage resolved, never re-resolve a hub id themselves.
     rank_config = attrs.evolve(config, model=attrs.evolve(config.model, source=str(model.path)))
     specs = [
         RankSpec(r, tp, config.parallel.master_addr, port, rank_config, runtime.selection)
-        for r in range(1, tp)
+        for r in range(1, local)
     ]
     group = WorkerGroup.start(specs)
     runtime.services["workers"] = group

@@ -78,6 +78,7 @@ class ModelRunner:
             model = self.model_class(self.model_config, self.ctx)
         materialize(model, self.device, self.dtype)
         load_weights(model, self.model_dir)
+        model.process_weights_after_loading()
         if self.device.type == "cpu":
             _transpose_storage(model)
         self.model = model.eval()

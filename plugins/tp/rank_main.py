@@ -40,8 +40,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def rank_main(spec: RankSpec, conn: Connection) -> None:
-    _die_with_parent()
+def rank_main(spec: RankSpec, conn: Connection | None) -> None:
+    """Run one worker rank to the end. ``conn`` reports to a driver on this node;
+    a rank started by ``rt worker`` on another node has none."""
+    if conn is not None:
+        _die_with_parent()
     import torch
     from rt.core.startup import create_runtime, run_startup
     from rt.plugins.tp.distributed import (
@@ -73,9 +76,12 @@ def rank_main(spec: RankSpec, conn: Connection) -> None:
         runtime.services["process_groups"] = groups
         runtime.services["device"] = device
         run_startup(runtime)
-        conn.send(("ready", [s.to_dict() for s in runtime.timeline.spans()]))
+        if conn is not None:
+            conn.send(("ready", [s.to_dict() for s in runtime.timeline.spans()]))
         _serve_steps(runtime)
     except BaseException as e:
+        if conn is None:
+            raise
         try:
             conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
         except OSError:

@@ -15,6 +15,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 from rt.core.step import SeqStep
+from rt.plugins.tp.layers.kv_store import store_kv
 from torch import nn
 
 
@@ -123,8 +124,7 @@ class Attention(nn.Module):
         assert self.k_cache is not None, "KV cache not allocated: call allocate_kv_cache first"
         k_flat = self.k_cache.view(-1, self.num_kv_heads, self.head_dim)  # [slots, Hkv, D]
         v_flat = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
-        k_flat.index_copy_(0, meta.slot_mapping, k)
-        v_flat.index_copy_(0, meta.slot_mapping, v)
+        store_kv(k, v, k_flat, v_flat, meta.slot_mapping)
         kd = vd = None
         if meta.decode_slots is not None:
             kd = k_flat[meta.decode_slots].transpose(1, 2)  # [Bd, Hkv, Lmax, D]

@@ -33,25 +33,41 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> t
 
 
 class RotaryEmbedding(nn.Module):
+    """Rotary embedding applied as one complex multiply over interleaved pairs.
+
+    HF checkpoints rotate dimension ``i`` with ``i + D/2`` ("rotate_half"). The model
+    permutes the q and k rows of each head once at load (:func:`interleave_rows`) so
+    that the pairs sit next to each other; attention scores are unchanged because q and
+    k are permuted alike. Then ``x * (cos + i sin)`` over ``view_as_complex`` rotates
+    every head of q and k in one operation instead of seven per tensor.
+    """
+
     def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None = None) -> None:
         super().__init__()
         self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
         # One per device, built on first use (the model may be built on the meta device).
         self._inv_freq: dict[torch.device, torch.Tensor] = {}
 
-    def forward(
-        self, positions: torch.Tensor, dtype: torch.dtype = torch.float32
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: [T] -> cos, sin: [T, 1, D/2], computed in float32, cast once for all layers
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        # positions: [T] -> freqs_cis: [T, 1, D/2] complex64, shared by all layers
         inv_freq = self._inv_freq.get(positions.device)
         if inv_freq is None:
             inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling)
             inv_freq = self._inv_freq.setdefault(positions.device, inv_freq.to(positions.device))
         freqs = positions.float().unsqueeze(-1) * inv_freq
-        return freqs.cos().unsqueeze(1).to(dtype), freqs.sin().unsqueeze(1).to(dtype)
+        return torch.polar(torch.ones_like(freqs), freqs).unsqueeze(1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [T, H, D]; cos, sin: [T, 1, D/2] in x's dtype (see RotaryEmbedding.forward)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    # x: [T, H, D] with interleaved pairs; freqs_cis: [T, 1, D/2] -> [T, H, D] in x's dtype
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    rotated = torch.view_as_real(torch.view_as_complex(pairs) * freqs_cis)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+def interleave_rows(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Reorder each head's rows from ``[0..D/2), [D/2..D)`` to ``0, D/2, 1, D/2+1, ...``."""
+    # weight: [num_heads * D, ...] (a weight or a bias)
+    rest = weight.shape[1:]
+    halves = weight.reshape(num_heads, 2, head_dim // 2, *rest)
+    return halves.transpose(1, 2).reshape(num_heads * head_dim, *rest)

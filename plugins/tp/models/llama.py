@@ -12,7 +12,7 @@ from rt.plugins.tp.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
-from rt.plugins.tp.layers.rotary import RotaryEmbedding, apply_rotary
+from rt.plugins.tp.layers.rotary import RotaryEmbedding, apply_rotary, interleave_rows
 from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
@@ -37,15 +37,28 @@ class LlamaAttention(nn.Module):
         )
         self.attn = Attention(self.num_heads, self.num_kv_heads, d, scale=d**-0.5)
 
+    def interleave_rope_rows(self) -> None:
+        """After loading: put each q/k head's rotary pairs side by side (see rotary.py)."""
+        q_rows = self.num_heads * self.head_dim
+        qk_rows = q_rows + self.num_kv_heads * self.head_dim
+        for param in (self.qkv_proj.weight, self.qkv_proj.bias):
+            if param is None:
+                continue
+            data = param.data
+            data[:q_rows] = interleave_rows(data[:q_rows], self.num_heads, self.head_dim)
+            data[q_rows:qk_rows] = interleave_rows(
+                data[q_rows:qk_rows], self.num_kv_heads, self.head_dim
+            )
+
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata
+        self, x: torch.Tensor, freqs_cis: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         # x: [T, H] -> qkv: [T, (Hq + 2 Hkv) * D] (local heads)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rotary(q.view(-1, self.num_heads, self.head_dim), cos, sin)  # [T, Hq, D]
-        k = apply_rotary(k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, D]
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        d, hq, hkv = self.head_dim, self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x)
+        qk = apply_rotary(qkv[:, : (hq + hkv) * d].view(-1, hq + hkv, d), freqs_cis)
+        q, k = qk[:, :hq], qk[:, hq:]  # [T, Hq, D], [T, Hkv, D]
+        v = qkv[:, (hq + hkv) * d :].view(-1, hkv, d)
         o = self.attn(q, k, v, meta)  # [T, Hq, D]
         return self.o_proj(o.flatten(1))
 
@@ -74,8 +87,7 @@ class LlamaDecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         residual: torch.Tensor | None,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        freqs_cis: torch.Tensor,
         meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # x, residual: [T, H]; the residual add is fused into the next norm
@@ -83,7 +95,7 @@ class LlamaDecoderLayer(nn.Module):
             x, residual = self.input_layernorm(x), x
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(x, cos, sin, meta)
+        x = self.self_attn(x, freqs_cis, meta)
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
@@ -100,11 +112,10 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         # input_ids: [T] -> hidden: [T, H]
-        # cos, sin: [T, 1, D/2] each, shared by all layers
-        cos, sin = self.rotary_emb(meta.positions, self.embed_tokens.weight.dtype)
+        freqs_cis = self.rotary_emb(meta.positions)  # [T, 1, D/2], shared by all layers
         x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x, residual = layer(x, residual, cos, sin, meta)
+            x, residual = layer(x, residual, freqs_cis, meta)
         x, _ = self.norm(x, residual)
         return x
 
@@ -126,6 +137,10 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = ParallelLMHead(ctx, config.vocab_size, config.hidden_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def process_weights_after_loading(self) -> None:
+        for layer in self.model.layers:
+            layer.self_attn.interleave_rope_rows()
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         return self.model(input_ids, meta)
