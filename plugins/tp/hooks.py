@@ -204,7 +204,7 @@ def rt_load_weights(config: Any, runtime: Any) -> Any:
         _dtype(config, runtime.services["device"]),
         block_size=config.cache.block_size,
     )
-    runner.load_weights()
+    note("from", runner.load_weights(use_prepared=config.model.prepared_cache))
     note("param_bytes", runner.param_bytes())
     note("dtype", str(runner.dtype).removeprefix("torch."))
     return runner
@@ -280,6 +280,9 @@ def rt_warmup(config: Any, runtime: Any) -> Any:
 
 @hookimpl
 def rt_shutdown(runtime: Any) -> None:
+    runner = runtime.results.get("load-weights")
+    if runner is not None and runner.save_thread is not None:
+        runner.save_thread.join()  # a short run still leaves the prepared weights behind
     engine = runtime.services.get("engine")
     if engine is not None:
         engine.shutdown()

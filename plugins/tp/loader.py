@@ -6,7 +6,6 @@ of the parameter it belongs to; the layer reads only the part this rank owns.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,28 +13,12 @@ from pathlib import Path
 import torch
 from rt.core.errors import ModelError
 from rt.plugins.tp.layers.weight_source import default_weight_loader
+from rt.plugins.tp.weights_plan import checkpoint_files
 from safetensors import safe_open
 from torch import nn
 
 # Checkpoint tensors that are derived state, not weights.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
-
-
-def checkpoint_files(model_dir: str | Path) -> list[Path]:
-    """The safetensors files of a checkpoint: from the shard index, else the folder."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
-    else:
-        files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"no *.safetensors files in {str(model_dir)!r}")
-    for f in files:
-        if not f.is_file():
-            raise ModelError(f"checkpoint shard {str(f)!r} listed in {index.name} is missing")
-    return files
 
 
 def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -61,16 +44,18 @@ def _checkpoint_tensors(files: list[Path]) -> Iterator[tuple[str, object]]:
                 yield name, f.get_slice(name)
 
 
-def load_weights(model: nn.Module, model_dir: str | Path) -> None:
-    """Fill every parameter of ``model`` from the checkpoint in ``model_dir``.
+def load_weights(model: nn.Module, model_dir: str | Path) -> list[Path]:
+    """Fill every parameter of ``model`` from the checkpoint in ``model_dir``; return
+    the files read.
 
     Raises ModelError naming the tensor when one is missing, unexpected or misshapen.
     """
+    files = checkpoint_files(model_dir)
     packed: dict[str, tuple[str, object]] = getattr(model, "packed_modules_mapping", {})
     params = dict(model.named_parameters())  # tied parameters appear once
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     loaded: set[tuple[str, object]] = set()
-    for name, src in _checkpoint_tensors(checkpoint_files(model_dir)):
+    for name, src in _checkpoint_tensors(files):
         if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
             continue
         target, shard_id = name, None
@@ -95,6 +80,7 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
         raise ModelError(
             f"checkpoint in {str(model_dir)!r} lacks tensor(s) {', '.join(map(repr, names))}"
         )
+    return files
 
 
 def _expected(params: dict[str, nn.Parameter], packed: dict) -> list[tuple[str, object]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -13,6 +14,8 @@ from rt.plugins.tp.loader import load_weights, materialize
 from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.models import get_model_class
 from rt.plugins.tp.parallel import ParallelContext
+from rt.plugins.tp.prepared_weights import load_prepared, save_prepared_async
+from rt.plugins.tp.weights_plan import prepared_dir, prepared_file
 
 
 def _transpose_storage(model: torch.nn.Module) -> None:
@@ -60,6 +63,8 @@ class ModelRunner:
         self.block_size = block_size
         self.model: torch.nn.Module | None = None
         self.kv_cache: torch.Tensor | None = None  # [2, L, num_blocks, block_size, Hkv, D]
+        self.save_thread: threading.Thread | None = None  # saving prepared weights
+        self.opened_files: list[Path] = []  # the weight files load_weights() read
 
     @property
     def kv_spec(self) -> KVCacheSpec:
@@ -72,16 +77,35 @@ class ModelRunner:
             dtype=self.dtype,
         )
 
-    def load_weights(self) -> None:
-        """Build the model on the meta device, give it storage, and fill it."""
+    def load_weights(self, use_prepared: bool = False) -> str:
+        """Build the model on the meta device, give it storage, and fill it.
+
+        With ``use_prepared``, map this rank's prepared weights when a previous start
+        saved them (see prepared_weights.py), else load the checkpoint and save them
+        in the background. Returns where the weights came from: "prepared" or "checkpoint".
+        """
         with torch.device("meta"):
             model = self.model_class(self.model_config, self.ctx)
+        folder = None
+        if use_prepared:
+            dtype_name = str(self.dtype).removeprefix("torch.")
+            folder = prepared_dir(
+                self.model_dir, self.ctx.rank, self.ctx.world_size, dtype_name, self.device.type
+            )
+            path = prepared_file(folder)
+            if path is not None and load_prepared(model, path, self.device):
+                self.model = model.eval()
+                self.opened_files = [path]
+                return "prepared"
         materialize(model, self.device, self.dtype)
-        load_weights(model, self.model_dir)
+        self.opened_files = load_weights(model, self.model_dir)
         model.process_weights_after_loading()
         if self.device.type == "cpu":
             _transpose_storage(model)
         self.model = model.eval()
+        if folder is not None:
+            self.save_thread = save_prepared_async(model, folder)
+        return "checkpoint"
 
     def param_bytes(self) -> int:
         """Bytes of parameters this rank holds (tied parameters counted once)."""

@@ -18,11 +18,10 @@ from multiprocessing.connection import wait
 
 from rt.core.errors import EngineDead, RtError
 from rt.core.timeline import Span
+from rt.plugins.tp.preload import FORKSERVER_PRELOAD
 from rt.plugins.tp.rank_main import RankSpec, rank_main
 
 log = logging.getLogger("rt.workers")
-
-_PRELOAD = ["torch", "rt.plugins.tp.rank_main", "rt.plugins.tp.model_runner"]
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -55,7 +54,7 @@ class WorkerGroup:
         group = cls(len(specs) + 1)
         ctx = mp.get_context(method)
         if method == "forkserver":
-            ctx.set_forkserver_preload(_PRELOAD)
+            ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         for spec in specs:
             parent, child = ctx.Pipe(duplex=False)
             proc = ctx.Process(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from rt.plugins.tp import gguf_convert
-from rt.plugins.tp.gguf_convert import MARKER, build_once, ensure_default_model
+from rt.plugins.tp.build_once import MARKER, build_once
+from rt.plugins.tp.gguf_convert import ensure_default_model
 from rt.plugins.tp.tokenizer import Tokenizer
 
 TEXTS = [
@@ -148,7 +149,7 @@ def test_build_once_concurrent_processes_build_once(tmp_path: Path) -> None:
         f"""
         import time
         from pathlib import Path
-        from rt.plugins.tp.gguf_convert import build_once
+        from rt.plugins.tp.build_once import build_once
 
         def build(out):
             with open({str(log)!r}, "a") as f:

@@ -1,0 +1,141 @@
+"""The engine's ``preload`` hookimpls: three built-in plugins, each switchable.
+
+- ``preload-imports`` (``preload.import_modules``): import torch, tokenizers and the
+  engine's modules in a daemon thread, so the stages that need them find them loaded.
+- ``preload-forkserver`` (``preload.forkserver``): start the forkserver that TP ranks
+  are forked from, with those modules preloaded, so N ranks do not each pay the import.
+- ``preload-prefetch`` (``preload.prefetch``): read the files load-weights and the
+  tokenizer will open into the page cache, in large sequential chunks, bounded by
+  available memory.
+
+Each returns at once and records its background work as a ``task`` span of the
+preload stage; ``--plugins=no:preload-prefetch`` or the config key turns one off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from pathlib import Path
+from typing import Any
+
+from rt.core import SkipStage, hookimpl
+
+ENGINE_MODULES = (
+    "torch",
+    "tokenizers",
+    "safetensors",
+    "rt.plugins.tp.model_runner",
+    "rt.plugins.tp.llm_engine",
+    "rt.plugins.tp.engine.sampler",
+)
+FORKSERVER_PRELOAD = ["torch", "rt.plugins.tp.rank_main", "rt.plugins.tp.model_runner"]
+CHUNK = 8 * 1024 * 1024
+
+
+def _background(runtime: Any, plugin: str, work: Any, *args: Any) -> threading.Thread:
+    """Run ``work`` in a daemon thread, timed as a task span of the preload stage."""
+
+    def run() -> None:
+        try:
+            with runtime.timeline.span("preload", plugin, kind="task") as span:
+                for key, value in (work(*args) or {}).items():
+                    span.notes[key] = value
+        except Exception:  # the stage that needs the work will redo it and fail loudly
+            pass
+
+    thread = threading.Thread(target=run, name=f"rt-{plugin}", daemon=True)
+    thread.start()
+    return thread
+
+
+class ImportModules:
+    @hookimpl
+    def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
+        if not config.preload.import_modules:
+            raise SkipStage("preload.import_modules is off")
+        return _background(runtime, "preload-imports", _import_all)
+
+
+def _import_all() -> dict[str, Any]:
+    for name in ENGINE_MODULES:
+        importlib.import_module(name)
+    return {"modules": len(ENGINE_MODULES)}
+
+
+class Forkserver:
+    @hookimpl
+    def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
+        if not config.preload.forkserver:
+            raise SkipStage("preload.forkserver is off")
+        local = min(config.parallel.local_ranks or config.parallel.tp, config.parallel.tp)
+        if local <= 1:
+            raise SkipStage("TP=1 on this node: no worker process to fork")
+        return _background(runtime, "preload-forkserver", start_forkserver)
+
+
+def start_forkserver() -> dict[str, Any]:
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    mp.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+    forkserver.ensure_running()
+    return {"preload": ",".join(FORKSERVER_PRELOAD)}
+
+
+class Prefetch:
+    @hookimpl
+    def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
+        if not config.preload.prefetch:
+            raise SkipStage("preload.prefetch is off")
+        return _background(runtime, "preload-prefetch", prefetch_model, config)
+
+
+def files_to_prefetch(config: Any) -> list[Path]:
+    """Config, tokenizer files and the weight files every local rank will open."""
+    from rt.plugins.tp.model_config import ModelConfig
+    from rt.plugins.tp.model_source import resolve_model
+    from rt.plugins.tp.weights_plan import cuda_present, weight_files
+
+    m = config.model
+    model = resolve_model(m.source, m.revision, m.download_dir, m.allow_download)
+    dtype = m.dtype if m.dtype != "auto" else ModelConfig.from_dir(model.path).dtype
+    device = "cuda" if cuda_present() else "cpu"
+    tp = config.parallel.tp
+    local = min(config.parallel.local_ranks or tp, tp)
+    weights: list[Path] = []
+    for rank in range(local):
+        weights += weight_files(model.path, rank, tp, dtype, device, m.prepared_cache)
+    small = [f for f in model.files if f.suffix != ".safetensors"]
+    return list(dict.fromkeys([*small, *weights]))
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def prefetch_model(config: Any) -> dict[str, Any]:
+    budget = int(_available_bytes() * config.preload.prefetch_max_fraction)
+    files = files_to_prefetch(config)
+    done, total = [], 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    for path in files:
+        size = path.stat().st_size
+        if total + size > budget:
+            break  # reading more than memory holds would evict what was just read
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+        total += size
+        done.append(str(path))
+    return {"bytes": total, "files": done, "skipped": len(files) - len(done)}
+
+
+IMPORTS = ImportModules()
+FORKSERVER = Forkserver()
+PREFETCH = Prefetch()

@@ -1,0 +1,94 @@
+"""Prepared weights: each rank's parameters saved exactly as the runner holds them.
+
+Loading a checkpoint means slicing each tensor for this rank, merging q/k/v and
+gate/up, permuting q/k rows for rotary, and (on CPU) re-laying matrices out
+column-major; for SmolLM2 that is ~1.1 s of copying. The first start does it and
+then saves the result (in a background thread, off the critical path) under
+``<rt cache>/prepared/``; every later start maps that file and hands the
+memory-mapped tensors straight to the model: no copy at all.
+
+The cache key covers the checkpoint files (name, size, mtime), the TP size and
+rank, dtype, device type and this module's layout version, so any change to the
+checkpoint or to rt's layout builds a new entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import torch
+from rt.plugins.tp.build_once import build_once
+from rt.plugins.tp.weights_plan import LAYOUT_VERSION, PREPARED_FILE
+from safetensors import safe_open
+from torch import nn
+
+log = logging.getLogger("rt.weights")
+
+
+def load_prepared(model: nn.Module, path: Path, device: torch.device) -> bool:
+    """Give ``model`` (built on the meta device) the tensors in ``path``.
+
+    Returns False, touching nothing, when the file does not hold exactly the model's
+    parameters (a stale or foreign file).
+    """
+    params = dict(model.named_parameters())  # tied parameters appear once
+    with safe_open(path, framework="pt", device="cpu") as f:
+        if set(f.keys()) != set(params):
+            return False
+        transposed = set(json.loads((f.metadata() or {}).get("transposed", "[]")))
+        tensors = {}
+        for name in params:
+            t = f.get_tensor(name)  # a view of the mapped file, no copy
+            if name in transposed:
+                t = t.t()
+            if tuple(t.shape) != tuple(params[name].shape):
+                return False
+            tensors[id(params[name])] = t if device.type == "cpu" else t.to(device)
+    _assign(model, tensors)
+    return True
+
+
+def _assign(model: nn.Module, tensors: dict[int, torch.Tensor]) -> None:
+    """Replace each parameter by one holding its tensor; tied parameters stay tied."""
+    new: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is None:
+                continue
+            if id(p) not in new:
+                q = nn.Parameter(tensors[id(p)], requires_grad=False)
+                q.__dict__.update(p.__dict__)
+                new[id(p)] = q
+            module._parameters[name] = new[id(p)]
+
+
+def save_prepared_async(model: nn.Module, folder: Path) -> threading.Thread:
+    """Save the model's parameters for the next start, in a daemon thread."""
+    tensors: dict[str, torch.Tensor] = {}
+    transposed: list[str] = []
+    for name, p in model.named_parameters():
+        t = p.data.detach().cpu()
+        if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
+            tensors[name] = t.t()  # column-major storage is saved as its contiguous transpose
+            transposed.append(name)
+        else:
+            tensors[name] = t.contiguous()
+    metadata = {"transposed": json.dumps(transposed), "layout": str(LAYOUT_VERSION)}
+
+    def build(tmp: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(tmp / PREPARED_FILE), metadata=metadata)
+
+    def run() -> None:
+        try:
+            build_once(folder, build)
+        except OSError as e:  # a full or read-only cache costs the next start time, nothing else
+            log.warning("could not save prepared weights to %s: %s", folder, e)
+
+    thread = threading.Thread(target=run, name="rt-save-prepared-weights", daemon=True)
+    thread.start()
+    return thread

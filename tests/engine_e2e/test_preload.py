@@ -1,0 +1,79 @@
+"""The preload hookimpls: each can be switched off by config, each shows in the timeline,
+and the prefetch reads exactly the weight files load-weights then opens."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine_e2e.engine_helpers import start_runtime
+
+PRELOAD_PLUGINS = {
+    "preload-imports": "preload.import_modules",
+    "preload-prefetch": "preload.prefetch",
+    "preload-forkserver": "preload.forkserver",
+}
+
+
+def _hook_span(runtime, plugin):
+    return next(
+        s
+        for s in runtime.timeline.spans()
+        if s.stage == "preload" and s.kind == "hook" and s.plugin == plugin
+    )
+
+
+def _task(runtime, plugin, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in runtime.timeline.spans():
+            if s.kind == "task" and s.plugin == plugin and s.end is not None:
+                return s
+        time.sleep(0.05)
+    raise AssertionError(f"no finished {plugin} task")
+
+
+@pytest.mark.parametrize("plugin,key", sorted(PRELOAD_PLUGINS.items()))
+def test_each_preload_hookimpl_can_be_switched_off(tiny_llama, plugin, key):
+    runtime = start_runtime(tiny_llama, (key, "false"), ("parallel.tp", "1"))
+    try:
+        span = _hook_span(runtime, plugin)
+        assert span.outcome == "skipped" and span.reason == f"{key} is off"
+        assert not [s for s in runtime.timeline.spans() if s.kind == "task" and s.plugin == plugin]
+    finally:
+        runtime.shutdown()
+
+
+def test_preload_work_shows_in_the_timeline(tiny_llama):
+    runtime = start_runtime(tiny_llama)
+    try:
+        assert _hook_span(runtime, "preload-imports").outcome == "ok"
+        assert _task(runtime, "preload-imports").outcome == "ok"
+        forkserver = _hook_span(runtime, "preload-forkserver")
+        assert forkserver.outcome == "skipped" and "TP=1" in forkserver.reason
+    finally:
+        runtime.shutdown()
+
+
+def test_prefetch_reads_exactly_the_weight_files_load_weights_opens(
+    tiny_llama, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RT_CACHE_DIR", str(tmp_path))  # no prepared weights yet
+    for expected_source in ("checkpoint", "prepared"):
+        runtime = start_runtime(tiny_llama)
+        try:
+            runner = runtime.result("load-weights")
+            prefetched = [Path(f) for f in _task(runtime, "preload-prefetch").notes["files"]]
+            weights = [f for f in prefetched if f.suffix == ".safetensors"]
+            assert weights == runner.opened_files
+            hook = next(
+                s
+                for s in runtime.timeline.spans()
+                if s.stage == "load-weights" and s.kind == "hook"
+            )
+            assert hook.notes["from"] == expected_source
+            assert {p.name for p in prefetched} >= {"config.json", "tokenizer.json"}
+        finally:
+            runtime.shutdown()  # waits for the prepared weights to be saved
