@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from typing import Any
 
 from rt.core import RtError, hookimpl
@@ -70,6 +69,8 @@ def engine_of(runtime: Any) -> Engine:
 
 
 def generate_command(args: argparse.Namespace, cli: CliContext) -> int:
+    import uuid
+
     sampling = sampling_from_args(args)
     extra = [("model.source", args.model, "MODEL")] if args.model else []
     config = cli.config(args, extra)

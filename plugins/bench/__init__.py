@@ -14,6 +14,7 @@ from rt.core import hookimpl
 
 @hookimpl
 def rt_register_benchmarks(subparsers: Any) -> None:
-    from rt.plugins.bench.generate import register
+    from rt.plugins.bench import generate, startup
 
-    register(subparsers)
+    generate.register(subparsers)
+    startup.register(subparsers)

@@ -107,7 +107,9 @@ def rt_resolve_model(config: Any) -> Any:
 def rt_load_tokenizer(runtime: Any) -> Any:
     from rt.plugins.tp.tokenizer import Tokenizer
 
-    return Tokenizer.from_dir(runtime.result("model").path)
+    tokenizer = Tokenizer.from_dir(runtime.result("model").path)
+    tokenizer.compile_chat_template()
+    return tokenizer
 
 
 @attrs.frozen

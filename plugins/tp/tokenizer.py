@@ -117,6 +117,16 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
 
+    def compile_chat_template(self) -> None:
+        """Compile the chat template once (startup does it, off the request path)."""
+        import jinja2
+
+        if self._compiled is None and self.chat_template is not None:
+            try:
+                self._compiled = _compile(self.chat_template)
+            except jinja2.TemplateSyntaxError as e:
+                raise ModelError(f"the chat template of {self.folder} does not parse: {e}") from e
+
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],
@@ -138,11 +148,7 @@ class Tokenizer:
                 "'chat_template', chat_template.jinja or chat_template.json); use the "
                 "completions API or add a chat_template.jinja to the folder"
             )
-        if self._compiled is None:
-            try:
-                self._compiled = _compile(self.chat_template)
-            except jinja2.TemplateSyntaxError as e:
-                raise ModelError(f"the chat template of {self.folder} does not parse: {e}") from e
+        self.compile_chat_template()
         try:
             return self._compiled.render(
                 messages=_alias_reasoning(messages),
