@@ -77,10 +77,13 @@ def add_startup_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _early_args(argv: Sequence[str]) -> argparse.Namespace:
+def _early_args(argv: Sequence[str]) -> tuple[argparse.Namespace, str]:
+    """The plugin/config options wherever they are, and the subcommand name ("" if none)."""
     parser = argparse.ArgumentParser(add_help=False)
     add_config_options(parser, suppress=False)
-    return parser.parse_known_args(list(argv))[0]
+    early, rest = parser.parse_known_args(list(argv))
+    command = next((a for a in rest if not a.startswith("-")), "")
+    return early, command
 
 
 def build_parser(pm: RtPluginManager) -> argparse.ArgumentParser:
@@ -111,13 +114,14 @@ def _add_bench_command(pm: RtPluginManager, subparsers: argparse._SubParsersActi
 
 
 def _run(argv: Sequence[str]) -> int:
-    early = _early_args(argv)
+    early, command = _early_args(argv)
     # The plugin spec may come from the profile, the config file, RT_PLUGINS and
     # --plugins; resolving the config here also reports a bad file before anything runs.
     base = load_config(early.profile, early.config, os.environ, config_option_pairs(early))
     catalog = discover()
     selection = select(catalog, base.plugins)
     pm, stages = build_plugin_manager(selection)
+    pm.hook.rt_cli_start(command=command, config=base)
     parser = build_parser(pm)
     args = parser.parse_args(list(argv))
     handler = getattr(args, "handler", None)

@@ -61,6 +61,26 @@ def rt_add_options(parser: Any, command: str) -> None:
 
 
 @hookspec
+def rt_cli_start(command: str, config: Any) -> None:
+    """Called once the CLI knows the subcommand and the plugin set, before it builds the
+    parser and before any runtime exists: the earliest point a plugin can start
+    background work (such as importing torch) that a later stage will want done.
+
+    ``command`` is the subcommand name ("serve", "generate", ...; "" for none);
+    ``config`` is resolved from the profile, config file, environment and ``--set``
+    (dedicated flags such as ``--tp`` are not parsed yet). Must return at once.
+
+    Example::
+
+        @hookimpl
+        def rt_cli_start(command, config):
+            if command == "serve" and config.preload.import_modules:
+                threading.Thread(target=importlib.import_module, args=("torch",),
+                                 daemon=True).start()
+    """
+
+
+@hookspec
 def rt_register_benchmarks(subparsers: Any) -> None:
     """Add ``rt bench`` subcommands, the same way as :func:`rt_register_commands`.
 
