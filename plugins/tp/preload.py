@@ -35,17 +35,24 @@ FORKSERVER_PRELOAD = ["torch", "rt.plugins.tp.rank_main", "rt.plugins.tp.model_r
 CHUNK = 8 * 1024 * 1024
 
 
-def _background(runtime: Any, plugin: str, work: Any, *args: Any) -> threading.Thread:
-    """Run ``work`` in a daemon thread, timed as a task span of the preload stage."""
+def _background(runtime: Any, plugin: str, work: Any, *args: Any) -> threading.Thread | None:
+    """Run ``work`` in a daemon thread, timed as a task span of the preload stage.
+
+    With ``startup.sequential`` the work runs here, before the stage returns: the
+    baseline overlaps nothing.
+    """
 
     def run() -> None:
         try:
             with runtime.timeline.span("preload", plugin, kind="task") as span:
                 for key, value in (work(*args) or {}).items():
                     span.notes[key] = value
-        except Exception:  # the stage that needs the work will redo it and fail loudly
+        except Exception:  # the span records the failure; the stage that needs the work redoes it
             pass
 
+    if runtime.config.startup.sequential:
+        run()
+        return None
     thread = threading.Thread(target=run, name=f"rt-{plugin}", daemon=True)
     thread.start()
     return thread

@@ -1,0 +1,187 @@
+"""The Starlette app: routes, the API-key and body-size checks, error bodies.
+
+``/health``, ``/ready``, ``/metrics`` and ``/startup`` are operational endpoints
+and stay open; the OpenAI routes under ``/v1`` need the API key when one is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rt.core.timeline_export import to_json
+from rt.plugins.http import openai_api as oa
+from rt.plugins.http import startup_page
+from rt.plugins.http.errors import ApiError, error_body, error_response
+from rt.plugins.http.generation import respond
+from rt.plugins.http.metrics import CONTENT_TYPE
+from rt.plugins.http.state import ServerState, startup_failure
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger("rt.http")
+
+ROUTES = (
+    "/health",
+    "/ready",
+    "/metrics",
+    "/startup",
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past ``limit`` bytes, 400 if malformed."""
+    too_big = ApiError(413, f"the request body is larger than the limit of {limit} bytes")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_big
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise too_big
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return data
+
+
+def build_app(state: ServerState, started: threading.Event) -> Starlette:
+    limit = state.config.max_body_bytes
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        runtime = state.runtime
+        if runtime.failed is not None:
+            body = {"status": "failed", "error": startup_failure(runtime.failed)}
+            return JSONResponse(body, status_code=503)
+        if state.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        if not runtime.ready.is_set() or runtime.services.get("engine") is None:
+            body = {
+                "status": "starting",
+                "running": state.stages_in("running"),
+                "pending": state.stages_in("pending"),
+            }
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(request: Request) -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def startup(request: Request) -> Response:
+        if request.query_params.get("format") == "html":
+            return HTMLResponse(startup_page.render(state.runtime))
+        data = to_json(state.runtime.timeline)
+        data["ready"] = state.runtime.ready.is_set()
+        data["stage_state"] = dict(state.runtime.stage_state)
+        return JSONResponse(data)
+
+    async def models(request: Request) -> Response:
+        state.check_api_key(request.headers.get("authorization"))
+        engine = state.engine()
+        card = {
+            "id": engine.model_name,
+            "object": "model",
+            "created": state.started_at,
+            "owned_by": "rt",
+            "max_model_len": engine.max_model_len,
+        }
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def completions(request: Request) -> Response:
+        state.check_api_key(request.headers.get("authorization"))
+        state.engine()  # 503 before reading a body we could not serve
+        return await respond(state, request, oa.parse_completion(await read_json(request, limit)))
+
+    async def chat(request: Request) -> Response:
+        state.check_api_key(request.headers.get("authorization"))
+        state.engine()
+        return await respond(state, request, oa.parse_chat(await read_json(request, limit)))
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        else:
+            message = f"{exc.detail} ({request.method} {request.url.path})"
+        code = "not_found" if exc.status_code == 404 else None
+        return JSONResponse(
+            error_body(exc.status_code, message, code=code),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        body = error_body(500, "internal server error; the server log has the details")
+        return JSONResponse(body, status_code=500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started.set()
+        yield
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/metrics", metrics),
+            Route("/startup", startup),
+            Route("/v1/models", models),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+        ],
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            Exception: on_crash,
+        },
+        lifespan=lifespan,
+    )
+    return _CountRequests(app, state)
+
+
+class _CountRequests:
+    """Pure ASGI middleware (it must not buffer streams): count by route and status."""
+
+    def __init__(self, app: Any, state: ServerState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status = 500
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.state.metrics.requests.labels(route, str(status)).inc()
