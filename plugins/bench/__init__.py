@@ -1,4 +1,4 @@
-"""Built-in plugin ``bench``: ``rt bench generate`` (and later startup, broadcast).
+"""Built-in plugin ``bench``: ``rt bench generate``, ``rt bench startup``, ``rt bench broadcast``.
 
 Each benchmark runs the systems it compares in separate child processes of one
 invocation, so figures are measured side by side on the same machine and each
@@ -14,7 +14,8 @@ from rt.core import hookimpl
 
 @hookimpl
 def rt_register_benchmarks(subparsers: Any) -> None:
-    from rt.plugins.bench import generate, startup
+    from rt.plugins.bench import broadcast, generate, startup
 
     generate.register(subparsers)
     startup.register(subparsers)
+    broadcast.register(subparsers)

@@ -1,0 +1,156 @@
+"""``ShmBroadcastChannel``: the pickle-free metadata channel.
+
+Ranks on the driver's node read a shared-memory ring (``ring.py``); ranks on other
+nodes get the same fixed-size frame with one ``torch.distributed.broadcast`` of a
+uint8 tensor over a gloo group of the driver and those ranks (no size message).
+Both carry frames of the layout in ``codec.py``.
+
+Set-up (every rank, once, over the gloo ``broadcast`` group): gather each rank's
+hostname and pid; the driver removes stale segments, creates the ring for the
+ranks that share its hostname and broadcasts the plan (segment name, readers,
+remote ranks, frame size); local ranks attach, remote ranks join the gloo subgroup.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any
+
+import attrs
+from rt.core.channel import Message
+from rt.core.errors import ConfigError
+
+from rt_shm_broadcast.codec import FRAME_ENV, Encoder
+from rt_shm_broadcast.decode import Decoder
+from rt_shm_broadcast.ring import ChannelClosed, Ring, remove_stale
+
+SLOTS_ENV = "RT_SHM_BROADCAST_SLOTS"
+DEFAULT_FRAME_BYTES = 1 << 20  # 256 seqs with 1k block ids each, with room to spare
+DEFAULT_SLOTS = 8
+
+
+def _env_int(name: str, default: int, low: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise ConfigError(f"{name}={raw!r}: give an integer >= {low}")
+    return value
+
+
+@attrs.frozen
+class Plan:
+    """What the driver decides at set-up and every rank receives."""
+
+    segment: str | None
+    local: tuple[int, ...]  # ranks that read the ring, in reader-index order
+    remote: tuple[int, ...]  # ranks that receive the frame over gloo
+    frame_bytes: int
+    slots: int
+    stale_removed: tuple[str, ...] = ()
+
+
+class ShmBroadcastChannel:
+    name = "shm-broadcast"
+
+    def __init__(self, rank: int, plan: Plan, ring: Ring | None, remote_group: Any):
+        self.rank = rank
+        self.plan = plan
+        self._ring = ring
+        self._group = remote_group
+        self._lock = threading.Lock()  # send and close may come from different threads
+        self._closed = False
+        self._encoder = Encoder() if rank == 0 else None
+        self._decoder = Decoder() if rank != 0 else None
+        self._tensor = self._view = None
+        if remote_group is not None and (rank == 0 or rank in plan.remote):
+            import torch
+
+            self._tensor = torch.zeros(plan.frame_bytes, dtype=torch.uint8)
+            self._view = memoryview(self._tensor.numpy())
+
+    @classmethod
+    def open(
+        cls, group: Any, rank: int, world_size: int, hostname: str | None = None
+    ) -> ShmBroadcastChannel:
+        """Collective over ``group`` (every rank calls it). ``hostname`` overrides
+        ``socket.gethostname()``; tests use it to exercise the cross-node path."""
+        import torch.distributed as dist
+
+        infos: list[Any] = [None] * world_size
+        dist.all_gather_object(infos, (hostname or socket.gethostname(), os.getpid()), group=group)
+        box: list[Any] = [None]
+        ring = None
+        if rank == 0:
+            local = tuple(r for r in range(1, world_size) if infos[r][0] == infos[0][0])
+            remote = tuple(r for r in range(1, world_size) if r not in local)
+            frame = _env_int(FRAME_ENV, DEFAULT_FRAME_BYTES, 4096)
+            slots = _env_int(SLOTS_ENV, DEFAULT_SLOTS, 2)
+            stale = tuple(remove_stale())
+            if local:
+                ring = Ring.create(len(local), slots, frame)
+                frame = ring.frame_bytes
+            box[0] = Plan(ring.name if ring else None, local, remote, frame, slots, stale)
+        dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
+        plan: Plan = box[0]
+        sub = None
+        if plan.remote:
+            # Every rank of the world takes part in creating a group, members or not.
+            members = [dist.get_global_rank(group, r) for r in (0, *plan.remote)]
+            sub = dist.new_group(members, backend="gloo")
+        if rank in plan.local:
+            ring = Ring.attach(plan.segment, plan.local.index(rank))
+        return cls(rank, plan, ring, sub)
+
+    # -- MetadataChannel ---------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed("send on a closed shm-broadcast channel")
+            encode = self._encoder.encode
+            if self._ring is not None:
+                ring = self._ring
+                length = ring.publish(lambda buf: encode(message, buf))
+                if self._view is not None:  # the same frame for the ranks on other nodes
+                    self._view[:length] = ring.slots[(ring.count - 1) % ring.num_slots][:length]
+            else:
+                encode(message, self._view)
+            if self._tensor is not None:
+                import torch.distributed as dist
+
+                dist.broadcast(
+                    self._tensor, src=dist.get_global_rank(self._group, 0), group=self._group
+                )
+
+    def recv(self) -> Message:
+        if self._ring is not None:
+            return self._ring.receive(self._decoder.decode)
+        import torch.distributed as dist
+
+        dist.broadcast(self._tensor, src=dist.get_global_rank(self._group, 0), group=self._group)
+        return self._decoder.decode(self._view)
+
+    def close(self) -> None:
+        # No lock: a send blocked on a dead reader holds it; the ring's closed flag
+        # is what makes that send give up.
+        self._closed = True
+        if self._ring is not None:
+            self._ring.close()
+
+    # -- extras --------------------------------------------------------------------
+
+    @property
+    def segment(self) -> str | None:
+        return self.plan.segment
+
+    def unlink_name(self) -> None:
+        """Driver: drop the /dev/shm name once every local reader has attached."""
+        if self._ring is not None:
+            self._ring.unlink_name()

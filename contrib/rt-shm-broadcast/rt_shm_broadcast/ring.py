@@ -1,0 +1,269 @@
+"""A single-writer, multi-reader ring of fixed-size slots in POSIX shared memory.
+
+Segment layout (every word a native, 8-byte aligned uint64)::
+
+    control page (4096 bytes)
+        word 0 magic | 1 layout | 2 slots | 3 frame bytes | 4 readers | 5 writer pid | 6 closed
+        reader i: word 8 + 8*i = messages it has consumed, word 9 + 8*i = its pid
+                  (one 64-byte line per reader, so readers never write the same line)
+    slot k at 4096 + k * stride: word 0 = the sequence number published in it (n + 1
+        for message n), then the frame from byte 64
+
+Message n goes to slot ``n % slots``. The writer first waits until every reader
+has consumed message ``n - slots`` (so it never overwrites an unread slot), writes
+the frame, and stores the sequence number last. A reader spins until its slot's
+number is ``n + 1``, decodes, re-checks the number, and stores its consumed count.
+x86-64 keeps stores in order and an aligned 8-byte store through a ``memoryview``
+is one instruction, so a reader that sees the number sees the whole frame. In the
+fast path nothing makes a syscall: waiting spins, then yields, then sleeps with
+back-off, and only the slow path checks that the other side is still alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import mmap
+import os
+import time
+from collections.abc import Callable
+
+from rt.core.errors import EngineDead, RtError
+
+SHM_DIR = "/dev/shm"
+PREFIX = "rt-shm-"
+MAGIC = 0x5254_5348_4D42_5231  # "RTSHMBR1"
+LAYOUT = 1
+CONTROL_BYTES = 4096
+SLOT_HEADER = 64
+MAX_READERS = (CONTROL_BYTES // 64) - 1
+SPIN_CHECKS = 2000  # ~50-100 us of pure spinning before yielding the core
+YIELD_S = 0.002  # then sched_yield for this long
+MAX_SLEEP_S = 0.0005  # then sleep, doubling up to this
+LIVENESS_S = 0.25  # how often a waiting side checks that its peers are alive
+
+_W_MAGIC, _W_LAYOUT, _W_SLOTS, _W_FRAME, _W_READERS, _W_PID, _W_CLOSED = range(7)
+_owned: set[str] = set()  # segments this process created and has not unlinked yet
+
+
+class ChannelClosed(RtError):
+    """The other side closed the channel."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(shm_dir: str = SHM_DIR) -> list[str]:
+    """Unlink ``rt-shm-<pid>-*`` segments whose creating process is dead."""
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        parts = name.split("-")
+        if not name.startswith(PREFIX) or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        if not _pid_alive(int(parts[2])):
+            try:
+                os.unlink(os.path.join(shm_dir, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def segment_name() -> str:
+    return f"{PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def _unlink_owned() -> None:
+    for name in list(_owned):
+        unlink(name)
+
+
+def unlink(name: str, shm_dir: str = SHM_DIR) -> None:
+    _owned.discard(name)
+    try:
+        os.unlink(os.path.join(shm_dir, name))
+    except FileNotFoundError:
+        pass
+
+
+class Ring:
+    """One process's mapping of a ring segment: the writer's or one reader's."""
+
+    def __init__(self, name: str, mm: mmap.mmap, reader: int | None, shm_dir: str = SHM_DIR):
+        self.name = name
+        self.shm_dir = shm_dir
+        self._mm = mm
+        self.words = memoryview(mm).cast("Q")
+        w = self.words
+        if w[_W_MAGIC] != MAGIC or w[_W_LAYOUT] != LAYOUT:
+            raise RtError(f"shared-memory segment {name} is not an rt-shm-broadcast ring")
+        self.num_slots = w[_W_SLOTS]
+        self.frame_bytes = w[_W_FRAME]
+        self.num_readers = w[_W_READERS]
+        stride = SLOT_HEADER + self.frame_bytes
+        self._seq_word = [(CONTROL_BYTES + k * stride) // 8 for k in range(self.num_slots)]
+        data = memoryview(mm)
+        self.slots = [
+            data[CONTROL_BYTES + k * stride + SLOT_HEADER : CONTROL_BYTES + (k + 1) * stride]
+            for k in range(self.num_slots)
+        ]
+        self._ack_words = [8 + 8 * i for i in range(self.num_readers)]
+        self.reader = reader
+        self.count = 0  # messages published (writer) or consumed (this reader)
+        self._free_until = self.num_slots  # writer: messages it may publish without checking
+        if reader is not None:
+            w[9 + 8 * reader] = os.getpid()
+
+    # -- set-up -------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, num_readers: int, num_slots: int, frame_bytes: int, shm_dir: str = SHM_DIR
+    ) -> Ring:
+        if not 0 < num_readers <= MAX_READERS:
+            raise RtError(
+                f"shm-broadcast supports 1..{MAX_READERS} readers on a node, not {num_readers}"
+            )
+        frame_bytes = -(-frame_bytes // 64) * 64
+        size = CONTROL_BYTES + num_slots * (SLOT_HEADER + frame_bytes)
+        name = segment_name()
+        path = os.path.join(shm_dir, name)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        _owned.add(name)
+        if len(_owned) == 1:
+            atexit.register(_unlink_owned)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            unlink(name, shm_dir)
+            raise
+        finally:
+            os.close(fd)
+        w = memoryview(mm).cast("Q")
+        w[_W_LAYOUT], w[_W_SLOTS], w[_W_FRAME] = LAYOUT, num_slots, frame_bytes
+        w[_W_READERS], w[_W_PID] = num_readers, os.getpid()
+        w[_W_MAGIC] = MAGIC  # last: the header is complete
+        w.release()
+        return cls(name, mm, None, shm_dir)
+
+    @classmethod
+    def attach(cls, name: str, reader: int, shm_dir: str = SHM_DIR) -> Ring:
+        path = os.path.join(shm_dir, name)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise RtError(f"shared-memory segment {path} is gone: the driver exited") from None
+        try:
+            mm = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return cls(name, mm, reader, shm_dir)
+
+    # -- writer ---------------------------------------------------------------
+
+    def publish(self, write: Callable[[memoryview], int]) -> int:
+        """Wait for the next slot to be free, let ``write`` fill it, publish it."""
+        n = self.count
+        if n >= self._free_until:
+            self._wait_free(n)
+        k = n % self.num_slots
+        length = write(self.slots[k])
+        self.words[self._seq_word[k]] = n + 1  # the last store: publishes the frame
+        self.count = n + 1
+        return length
+
+    def _min_ack(self) -> int:
+        w = self.words
+        return min(w[i] for i in self._ack_words)
+
+    def _wait_free(self, n: int) -> None:
+        need = n - self.num_slots + 1  # every reader must have consumed message n - slots
+        for _ in range(SPIN_CHECKS // 8):
+            low = self._min_ack()
+            if low >= need:
+                self._free_until = low + self.num_slots
+                return
+        self._wait(lambda: self._min_ack() >= need, self._check_readers)
+        self._free_until = self._min_ack() + self.num_slots
+
+    def _check_readers(self) -> None:
+        w = self.words
+        if w[_W_CLOSED]:
+            raise ChannelClosed("the shm-broadcast channel was closed while sending")
+        for i in range(self.num_readers):
+            pid = w[9 + 8 * i]
+            if pid and not _pid_alive(pid):
+                raise EngineDead(
+                    f"shm-broadcast reader {i} (pid {pid}) died without reading step "
+                    f"{w[8 + 8 * i]}: a worker rank is gone"
+                )
+
+    # -- reader ---------------------------------------------------------------
+
+    def receive(self, read: Callable[[memoryview], object]) -> object:
+        """Wait for the next message, let ``read`` decode it, acknowledge it."""
+        n = self.count
+        k = n % self.num_slots
+        word, w = self._seq_word[k], self.words
+        if w[word] != n + 1:
+            for _ in range(SPIN_CHECKS):
+                if w[word] == n + 1:
+                    break
+            else:
+                self._wait(lambda: w[word] == n + 1, self._check_writer)
+        message = read(self.slots[k])
+        assert w[word] == n + 1, "the writer overwrote a slot before every reader consumed it"
+        self.count = n + 1
+        w[8 + 8 * self.reader] = n + 1
+        return message
+
+    def _check_writer(self) -> None:
+        w = self.words
+        if w[_W_CLOSED]:
+            raise ChannelClosed("the driver closed the shm-broadcast channel")
+        if not _pid_alive(w[_W_PID]):
+            raise EngineDead(f"the driver (pid {w[_W_PID]}) of the shm-broadcast channel died")
+
+    # -- both -------------------------------------------------------------------
+
+    @staticmethod
+    def _wait(done: Callable[[], bool], check: Callable[[], None]) -> None:
+        """Yield the core, then sleep with back-off; check the peers now and then."""
+        start = time.monotonic()
+        next_check = start + LIVENESS_S
+        sleep = 0.00002
+        while not done():
+            now = time.monotonic()
+            if now - start < YIELD_S:
+                os.sched_yield()
+                continue
+            if now >= next_check:
+                check()
+                next_check = now + LIVENESS_S
+            time.sleep(sleep)
+            sleep = min(sleep * 2, MAX_SLEEP_S)
+
+    def close(self) -> None:
+        """Writer: mark closed and unlink the name. Readers: nothing to release (the
+        mapping goes with the process; unmapping here could pull it from under a
+        thread still inside ``receive``)."""
+        if self.reader is None:
+            self.words[_W_CLOSED] = 1
+            unlink(self.name, self.shm_dir)
+
+    def unlink_name(self) -> None:
+        """Writer: remove the name once every reader has mapped the segment, so no
+        exit path (even SIGKILL of the driver) can leave it behind in /dev/shm."""
+        if self.reader is None:
+            unlink(self.name, self.shm_dir)

@@ -1,0 +1,134 @@
+"""The frame codec: exact round trips, and clear errors for bad or oversized frames."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rt.core.channel import ControlMessage
+from rt.core.errors import RtError
+from rt.core.step import SamplingParams, SeqStep, StepMetadata
+from tests.channels.strategies import control_messages, evolving_steps, step_metadata
+
+from rt_shm_broadcast.codec import FRAME_ENV, HEADER_BYTES, Encoder, FrameError, FrameTooLarge
+from rt_shm_broadcast.decode import Decoder
+
+BUF = 1 << 20
+
+
+def _step(n_seqs: int = 2, blocks: int = 4) -> StepMetadata:
+    sp = SamplingParams(temperature=0.5, stop=("é",))
+    return StepMetadata(
+        step_id=7,
+        seqs=tuple(SeqStep(i, (1, 2), 3, tuple(range(blocks)), True, 1, sp) for i in range(n_seqs)),
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps=evolving_steps())
+def test_consecutive_steps_round_trip_exactly(steps):
+    enc, dec, buf = Encoder(), Decoder(), bytearray(BUF)
+    for step in steps:
+        length = enc.encode(step, buf)
+        out = dec.decode(memoryview(buf)[:length])
+        assert out == step
+        assert [type(s) for s in out.seqs] == [SeqStep] * len(step.seqs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(message=control_messages)
+def test_control_messages_round_trip(message):
+    buf = bytearray(BUF)
+    Encoder().encode(message, buf)
+    assert Decoder().decode(buf) == message
+
+
+def test_unchanged_tables_are_not_resent():
+    enc, buf = Encoder(), bytearray(BUF)
+    full = enc.encode(_step(64, 128), buf)
+    delta = enc.encode(_step(64, 128), buf)
+    assert full > 64 * 128 * 4
+    assert delta < full / 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(step=step_metadata(), cut=st.floats(0, 0.999))
+def test_truncated_frames_are_rejected(step, cut):
+    buf = bytearray(BUF)
+    length = Encoder().encode(step, buf)
+    with pytest.raises(FrameError, match="truncated"):
+        Decoder().decode(bytes(buf[: int(length * cut)]))
+
+
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "match"),
+    [
+        (0, "4s", b"XXXX", "magic"),
+        (4, "H", 99, "layout v99"),
+        (6, "H", 99, "step schema v99"),
+        (8, "B", 9, "unknown frame kind"),
+        (24, "I", 2**20, "do not add up"),  # n_seqs far beyond the frame
+        (28, "I", 1, "do not add up"),  # one token more than the per-seq counts
+    ],
+)
+def test_malformed_headers_name_the_problem(offset, fmt, value, match):
+    buf = bytearray(BUF)
+    Encoder().encode(_step(), buf)
+    struct.pack_into("<" + fmt, buf, offset, value)
+    with pytest.raises(FrameError, match=match):
+        Decoder().decode(buf)
+
+
+def test_counts_that_disagree_with_the_arrays_are_rejected():
+    buf = bytearray(BUF)
+    Encoder().encode(_step(), buf)
+    # seq 0's token count (the first num_tokens entry) claims one token more.
+    off = HEADER_BYTES + 2 * 8 + 2 * 4
+    struct.pack_into("<i", buf, off, 3)
+    with pytest.raises(FrameError, match="per-seq counts"):
+        Decoder().decode(buf)
+
+
+def test_a_delta_without_its_base_is_rejected():
+    enc, buf = Encoder(), bytearray(BUF)
+    enc.encode(_step(), buf)
+    enc.encode(_step(), buf)  # tables unchanged: sent as "same as before"
+    with pytest.raises(FrameError, match="never received"):
+        Decoder().decode(buf)
+
+
+def test_oversized_message_names_the_limit_and_the_fix():
+    with pytest.raises(FrameTooLarge) as e:
+        Encoder().encode(_step(64, 512), bytearray(64 * 1024))
+    assert isinstance(e.value, RtError)
+    assert "65536 bytes" in str(e.value) and FRAME_ENV in str(e.value)
+
+
+def test_a_failed_encode_leaves_the_state_unchanged():
+    enc, dec = Encoder(), Decoder()
+    big, small = bytearray(BUF), bytearray(1024)
+    with pytest.raises(FrameTooLarge):
+        enc.encode(_step(8, 64), small)
+    length = enc.encode(_step(8, 64), big)
+    assert dec.decode(big[:length]) == _step(8, 64)
+
+
+def test_values_outside_the_layout_are_a_clear_error():
+    step = StepMetadata(1, (SeqStep(1, (2**31,), 0, ()),))
+    with pytest.raises(FrameError, match="int32"):
+        Encoder().encode(step, bytearray(BUF))
+
+
+def test_unknown_message_types_are_refused():
+    with pytest.raises(FrameError, match="StepMetadata or ControlMessage"):
+        Encoder().encode("hello", bytearray(BUF))  # type: ignore[arg-type]
+
+
+def test_control_frames_decode_across_schema_versions():
+    """A ping from a driver on another schema decodes, so check_ping can explain."""
+    buf = bytearray(BUF)
+    ping = ControlMessage("ping", schema_version=99, plugins=("shm-broadcast",))
+    Encoder().encode(ping, buf)
+    assert Decoder().decode(buf) == ping
