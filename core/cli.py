@@ -148,5 +148,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def console_main() -> None:
+    """The ``rt`` executable (and ``python -m rt``): ``main()``, then exit at once.
+
+    By the time ``main`` returns, every runtime has run ``rt_shutdown`` (ranks stopped,
+    process groups destroyed, files written). Skipping the interpreter's teardown saves
+    ~0.5 s of freeing torch state, and avoids C++ threads of torch.distributed that can
+    abort ("terminate called without an active exception") when destroyed at exit.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

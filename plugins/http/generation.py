@@ -18,6 +18,7 @@ import attrs
 from rt.core.engine import GenerationOutput, GenerationRequest
 from rt.core.errors import EngineDead, RequestError
 from rt.plugins.http import openai_api as oa
+from rt.plugins.http import responses as rs
 from rt.plugins.http.errors import ApiError, error_body
 from rt.plugins.http.state import RequestStream, ServerState
 from starlette.requests import Request
@@ -49,7 +50,7 @@ async def _submit(state: ServerState, parsed: oa.ParsedRequest) -> RequestStream
         sampling = attrs.evolve(parsed.sampling, max_tokens=max_tokens)
     except (TypeError, ValueError) as e:
         raise ApiError(422, str(e)) from None
-    request_id = oa.new_id(parsed.kind)
+    request_id = rs.new_id(parsed.kind)
     stream = RequestStream(engine, request_id, asyncio.get_running_loop())
     request = GenerationRequest(request_id, prompt_token_ids=tuple(ids), sampling=sampling)
     try:
@@ -114,7 +115,7 @@ async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest
     failure = _failure(last)
     if failure is not None:
         raise failure
-    return JSONResponse(oa.full_response(parsed, stream.request_id, model, last))
+    return JSONResponse(rs.full_response(parsed, stream.request_id, model, last))
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -129,7 +130,7 @@ async def _sse(
     last: GenerationOutput | None = None
     try:
         if parsed.kind == "chat":
-            yield _event(oa.chunk(parsed, rid, model, None, first=True))
+            yield _event(rs.chunk(parsed, rid, model, None, first=True))
         async for out in stream.outputs():
             last = out
             failure = _failure(out)
@@ -137,10 +138,10 @@ async def _sse(
                 yield _event(error_body(failure.status, failure.message, code=failure.code))
                 break
             if out.text or out.logprobs or out.finished:
-                yield _event(oa.chunk(parsed, rid, model, out, text_offset=offset))
+                yield _event(rs.chunk(parsed, rid, model, out, text_offset=offset))
                 offset += len(out.text)
             if out.finished and parsed.include_usage:
-                yield _event(oa.usage_chunk(parsed, rid, model, out))
+                yield _event(rs.usage_chunk(parsed, rid, model, out))
         yield "data: [DONE]\n\n"
     finally:
         _end(state, stream, last)

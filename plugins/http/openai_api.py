@@ -1,18 +1,14 @@
-"""OpenAI request parsing and validation, and response shaping.
+"""OpenAI request parsing and validation (the response shapes are in ``responses.py``).
 
-Pure functions over dicts and ``rt.core.engine`` records: no Starlette here, so
-each shape is easy to read next to the OpenAI API reference.
+Pure functions over dicts: no Starlette here, so each rule is easy to read next to
+the OpenAI API reference.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
-from rt.core.engine import GenerationOutput, TokenLogprob
 from rt.core.step import SamplingParams
 from rt.plugins.http.errors import ApiError
 
@@ -213,139 +209,3 @@ def resolve_max_tokens(parsed: ParsedRequest, prompt_len: int, max_model_len: in
     else:
         wanted = parsed.max_tokens
     return min(wanted, room) if room else wanted
-
-
-# -- responses -------------------------------------------------------------------
-
-
-def new_id(kind: Kind) -> str:
-    return ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def finish_reason(reason: str | None) -> str | None:
-    # "abort" and "error" never reach a response body (the app turns them into errors).
-    return reason if reason in (None, "stop", "length") else "stop"
-
-
-def completion_logprobs(lps: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
-    """The legacy completions shape: parallel lists."""
-    text_offset, pos = [], offset
-    for lp in lps:
-        text_offset.append(pos)
-        pos += len(lp.token)
-    return {
-        "tokens": [lp.token for lp in lps],
-        "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{tok: v for _, tok, v in lp.top} for lp in lps],
-        "text_offset": text_offset,
-    }
-
-
-def _entry(token: str, logprob: float) -> dict[str, Any]:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
-
-
-def chat_logprobs(lps: Sequence[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {**_entry(lp.token, lp.logprob), "top_logprobs": [_entry(t, v) for _, t, v in lp.top]}
-            for lp in lps
-        ]
-    }
-
-
-def chunk(
-    parsed: ParsedRequest,
-    request_id: str,
-    model: str,
-    out: GenerationOutput | None,
-    *,
-    text_offset: int = 0,
-    first: bool = False,
-) -> dict[str, Any]:
-    """One streamed chunk. ``out`` None with ``first`` is chat's role-only chunk."""
-    created = int(time.time())
-    reason = finish_reason(out.finish_reason) if out is not None else None
-    text = out.text if out is not None else ""
-    lps = out.logprobs if out is not None else ()
-    if parsed.kind == "completion":
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": completion_logprobs(lps, text_offset)
-            if parsed.logprobs is not None
-            else None,
-            "finish_reason": reason,
-        }
-        obj = "text_completion"
-    else:
-        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
-        if text:
-            delta["content"] = text
-        choice = {
-            "index": 0,
-            "delta": delta,
-            "logprobs": chat_logprobs(lps) if parsed.logprobs is not None and lps else None,
-            "finish_reason": reason,
-        }
-        obj = "chat.completion.chunk"
-    return {
-        "id": request_id,
-        "object": obj,
-        "created": created,
-        "model": model,
-        "choices": [choice],
-    }
-
-
-def usage_chunk(parsed: ParsedRequest, request_id: str, model: str, out: GenerationOutput) -> dict:
-    obj = "text_completion" if parsed.kind == "completion" else "chat.completion.chunk"
-    return {
-        "id": request_id,
-        "object": obj,
-        "created": int(time.time()),
-        "model": model,
-        "choices": [],
-        "usage": usage(out.prompt_tokens, out.completion_tokens),
-    }
-
-
-def full_response(
-    parsed: ParsedRequest, request_id: str, model: str, out: GenerationOutput
-) -> dict[str, Any]:
-    """The non-streamed body, from the merged output of the whole request."""
-    reason = finish_reason(out.finish_reason)
-    if parsed.kind == "completion":
-        choice: dict[str, Any] = {
-            "index": 0,
-            "text": out.text,
-            "logprobs": completion_logprobs(out.logprobs, 0)
-            if parsed.logprobs is not None
-            else None,
-            "finish_reason": reason,
-        }
-        obj = "text_completion"
-    else:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": out.text},
-            "logprobs": chat_logprobs(out.logprobs) if parsed.logprobs is not None else None,
-            "finish_reason": reason,
-        }
-        obj = "chat.completion"
-    return {
-        "id": request_id,
-        "object": obj,
-        "created": int(time.time()),
-        "model": model,
-        "choices": [choice],
-        "usage": usage(out.prompt_tokens, out.completion_tokens),
-    }

@@ -127,8 +127,8 @@ def test_serve_startup_only_prints_timeline_and_writes_trace(site_dir, tmp_path)
     assert p2p["args"]["outcome"] == "skipped"
 
 
-def test_serve_without_engine_says_which_stage_has_no_implementation():
-    result = run_rt("serve", "--startup-only")
+def test_serve_without_a_frontend_plugin_says_which_stage_has_no_implementation():
+    result = run_rt("serve", "--startup-only", "--plugins=no:http")
     assert result.returncode == 1
     assert (
         "stage 'frontend' is required, but no selected plugin implements 'rt_frontend'"

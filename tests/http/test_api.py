@@ -1,0 +1,184 @@
+"""The OpenAI API through the official ``openai`` client, against a real server."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.http.conftest import assert_error_body
+
+PROMPT = "The quick brown fox"
+MESSAGES = [{"role": "user", "content": "Hello world! How are you today?"}]
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def model(client: openai.OpenAI) -> str:
+    return client.models.list().data[0].id
+
+
+def test_models_lists_the_served_model(client, tiny_model):
+    models = client.models.list().data
+    assert [m.id for m in models] == [tiny_model.name]
+    assert models[0].object == "model"
+
+
+def test_completion_streamed_text_equals_non_streamed(client, model):
+    full = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0)
+    choice = full.choices[0]
+    assert choice.finish_reason in ("stop", "length")
+    assert full.usage.completion_tokens > 0
+    assert full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens
+    chunks = list(
+        client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=24, temperature=0, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+
+
+def test_chat_streamed_text_equals_non_streamed_with_usage(client, model):
+    full = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=24, temperature=0
+    )
+    message = full.choices[0].message
+    assert message.role == "assistant"
+    stream = client.chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == message.content
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] == [full.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == full.usage
+
+
+def test_max_tokens_length_and_chat_max_completion_tokens(client, model):
+    out = client.completions.create(model=model, prompt=PROMPT, max_tokens=3, temperature=0)
+    if out.choices[0].finish_reason == "length":
+        assert out.usage.completion_tokens == 3
+    chat = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_completion_tokens=2, temperature=0
+    )
+    assert chat.usage.completion_tokens <= 2
+
+
+def test_completions_default_to_16_tokens(client, model):
+    out = client.completions.create(model=model, prompt=PROMPT, temperature=0)
+    assert out.usage.completion_tokens <= 16
+
+
+def test_stop_string_ends_the_text_before_it(client, model):
+    text = (
+        client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0)
+        .choices[0]
+        .text
+    )
+    stop = text[len(text) // 2 :][:2]
+    assert stop.strip(), f"need a visible stop string in {text!r}"
+    out = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop]
+    )
+    assert out.choices[0].finish_reason == "stop"
+    assert out.choices[0].text == text[: text.index(stop)]
+
+
+def test_seed_makes_sampling_reproducible(client, model):
+    def sample() -> str:
+        return (
+            client.completions.create(
+                model=model, prompt=PROMPT, max_tokens=12, temperature=1.0, top_p=0.9, seed=7
+            )
+            .choices[0]
+            .text
+        )
+
+    assert sample() == sample()
+
+
+def test_logprobs_in_openai_shapes(client, model):
+    out = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2
+    )
+    lp = out.choices[0].logprobs
+    n = out.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == n
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+    assert lp.text_offset[0] == 0
+    chat = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0.0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
+        ({"prompt": "hi", "temperature": -0.5}, "temperature"),
+        ({"prompt": "hi", "top_p": 0}, "top_p"),
+        ({"prompt": "hi", "n": 2}, "n"),
+        ({"prompt": "hello world " * 200}, "prompt"),
+        ({"prompt": {"not": "a prompt"}}, "prompt"),
+    ],
+    ids=["negative-max-tokens", "negative-temperature", "top-p-zero", "n-2", "too-long", "bad"],
+)
+def test_out_of_range_values_are_422(server, body, param):
+    error = assert_error_body(httpx.post(server + "/v1/completions", json=body), 422)
+    assert error["param"] == param
+
+
+def test_chat_without_messages_is_422(server):
+    r = httpx.post(server + "/v1/chat/completions", json={"messages": []})
+    assert assert_error_body(r, 422)["param"] == "messages"
+
+
+def test_malformed_json_is_400(server):
+    r = httpx.post(
+        server + "/v1/completions",
+        content=b'{"prompt": ',
+        headers={"content-type": "application/json"},
+    )
+    assert_error_body(r, 400)
+
+
+def test_unknown_model_is_404_model_not_found(client, server):
+    r = httpx.post(server + "/v1/completions", json={"model": "gpt-9", "prompt": "hi"})
+    assert_error_body(r, 404, "model_not_found")
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-9", prompt="hi")
+
+
+def test_unknown_route_is_404(server):
+    assert_error_body(httpx.get(server + "/v1/nothing-here"), 404)
+
+
+def test_body_over_the_limit_is_413(server):
+    body = b'{"prompt": "' + b"a" * (1024 * 1024 + 10) + b'"}'
+    assert_error_body(httpx.post(server + "/v1/completions", content=body), 413)
+
+    def chunks():  # no Content-Length: the limit holds while reading
+        yield body[:1000]
+        yield body[1000:]
+
+    assert_error_body(httpx.post(server + "/v1/completions", content=chunks()), 413)
