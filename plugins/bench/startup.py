@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
         help="also run with the model's files evicted from the page cache",
     )
     p.add_argument(
-        "--compare", action="store_true", help="also run the floor and --sequential-startup"
+        "--compare", action="store_true", help="also run the floor and the baseline (--sequential-startup, no prepared weights)"
     )
     p.add_argument("--json", action="store_true", help="print every run's figures as JSON")
     p.set_defaults(handler=bench_startup)
@@ -223,7 +223,7 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
                 (
                     f"tp={tp} sequential",
                     lambda tp=tp: serve_once(
-                        args.model, tp, [*extra, "--sequential-startup"], None
+                        args.model, tp, [*extra, *BASELINE], None
                     ),
                 )
             )
