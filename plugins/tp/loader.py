@@ -6,7 +6,7 @@ of the parameter it belongs to; the layer reads only the part this rank owns.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,19 +21,26 @@ from torch import nn
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
-def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Give a model built on the meta device real (uninitialised) storage, keeping tied
-    parameters tied and each parameter's ``weight_loader``."""
+def replace_parameters(
+    model: nn.Module, tensor_for: Callable[[nn.Parameter], torch.Tensor]
+) -> None:
+    """Replace every parameter by one holding ``tensor_for(old)``, keeping tied
+    parameters tied and each parameter's attributes (its ``weight_loader``)."""
     new: dict[int, nn.Parameter] = {}
     for module in model.modules():
         for name, p in module._parameters.items():
             if p is None:
                 continue
             if id(p) not in new:
-                q = nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device), False)
+                q = nn.Parameter(tensor_for(p), requires_grad=False)
                 q.__dict__.update(p.__dict__)
                 new[id(p)] = q
             module._parameters[name] = new[id(p)]
+
+
+def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Give a model built on the meta device real (uninitialised) storage."""
+    replace_parameters(model, lambda p: torch.empty(p.shape, dtype=dtype, device=device))
 
 
 def _checkpoint_tensors(files: list[Path]) -> Iterator[tuple[str, object]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from rt.plugins.tp.build_once import build_once
+from rt.plugins.tp.loader import replace_parameters
 from rt.plugins.tp.weights_plan import LAYOUT_VERSION, PREPARED_FILE
 from safetensors import safe_open
 from torch import nn
@@ -47,22 +48,8 @@ def load_prepared(model: nn.Module, path: Path, device: torch.device) -> bool:
             if tuple(t.shape) != tuple(params[name].shape):
                 return False
             tensors[id(params[name])] = t if device.type == "cpu" else t.to(device)
-    _assign(model, tensors)
+    replace_parameters(model, lambda p: tensors[id(p)])
     return True
-
-
-def _assign(model: nn.Module, tensors: dict[int, torch.Tensor]) -> None:
-    """Replace each parameter by one holding its tensor; tied parameters stay tied."""
-    new: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        for name, p in module._parameters.items():
-            if p is None:
-                continue
-            if id(p) not in new:
-                q = nn.Parameter(tensors[id(p)], requires_grad=False)
-                q.__dict__.update(p.__dict__)
-                new[id(p)] = q
-            module._parameters[name] = new[id(p)]
 
 
 def save_prepared_async(model: nn.Module, folder: Path) -> threading.Thread:
