@@ -49,7 +49,9 @@ def register(subparsers: Any) -> None:
         help="also run with the model's files evicted from the page cache",
     )
     p.add_argument(
-        "--compare", action="store_true", help="also run the floor and the baseline (--sequential-startup, no prepared weights)"
+        "--compare",
+        action="store_true",
+        help="also run the floor and the baseline (--sequential-startup, no prepared weights)",
     )
     p.add_argument("--json", action="store_true", help="print every run's figures as JSON")
     p.set_defaults(handler=bench_startup)
@@ -222,9 +224,7 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
             variants.append(
                 (
                     f"tp={tp} sequential",
-                    lambda tp=tp: serve_once(
-                        args.model, tp, [*extra, *BASELINE], None
-                    ),
+                    lambda tp=tp: serve_once(args.model, tp, [*extra, *BASELINE], None),
                 )
             )
         variants.append((f"tp={tp} fast", lambda tp=tp: serve_once(args.model, tp, extra, None)))
