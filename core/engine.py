@@ -119,9 +119,13 @@ def generate_blocking(
     if not done.wait(timeout):
         engine.abort(request.request_id)
         raise TimeoutError(f"request {request.request_id} did not finish in {timeout}s")
-    last = parts[-1]
+    return merge_outputs(parts)
+
+
+def merge_outputs(parts: Sequence[GenerationOutput]) -> GenerationOutput:
+    """One output holding the text, tokens and logprobs of a request's incremental ones."""
     return attrs.evolve(
-        last,
+        parts[-1],
         text="".join(p.text for p in parts),
         token_ids=tuple(t for p in parts for t in p.token_ids),
         logprobs=tuple(lp for p in parts for lp in p.logprobs),

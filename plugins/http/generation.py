@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
-from rt.core.engine import GenerationOutput, GenerationRequest
+from rt.core.engine import GenerationOutput, GenerationRequest, merge_outputs
 from rt.core.errors import EngineDead, RequestError
 from rt.plugins.http import openai_api as oa
 from rt.plugins.http import responses as rs
@@ -85,14 +85,7 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 async def _collect(stream: RequestStream) -> GenerationOutput:
-    parts = [out async for out in stream.outputs()]
-    last = parts[-1]
-    return attrs.evolve(
-        last,
-        text="".join(p.text for p in parts),
-        token_ids=tuple(t for p in parts for t in p.token_ids),
-        logprobs=tuple(lp for p in parts for lp in p.logprobs),
-    )
+    return merge_outputs([out async for out in stream.outputs()])
 
 
 async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest) -> Response:

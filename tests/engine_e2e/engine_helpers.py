@@ -12,11 +12,12 @@ from rt.core.startup import create_runtime, run_startup
 
 
 def start_runtime(model: Path | str, *settings: tuple[str, str]) -> Runtime:
-    """Driver runtime without the frontend; ``settings`` are ``(key, value)`` overrides."""
+    """Driver runtime without the frontend; ``settings`` are ``(key, value)`` overrides
+    (``("plugins", "shm-broadcast")`` selects a plugin)."""
     cli = [("model.source", str(model), "test"), ("startup.print_timeline", "false", "test")]
     cli += [(k, v, "test") for k, v in settings]
     config = load_config(environ={}, cli=cli)
-    runtime = create_runtime(config, select(discover(), []), exclude=["frontend"])
+    runtime = create_runtime(config, select(discover(), config.plugins), exclude=["frontend"])
     try:
         run_startup(runtime)
     except BaseException:
