@@ -9,7 +9,8 @@ import torch
 from rt.core.errors import ModelError
 from rt.core.step import StepMetadata
 from rt.plugins.tp.kv_cache import KVCacheSpec
-from rt.plugins.tp.layers.attention import Attention, build_attention_metadata
+from rt.plugins.tp.layers.attention import Attention
+from rt.plugins.tp.layers.attention_metadata import build_attention_metadata
 from rt.plugins.tp.loader import load_weights, materialize
 from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.models import get_model_class

@@ -154,7 +154,7 @@ class BlockTables:
 
 def full_logits(runner, prompt: list[int], blocks: BlockTables, seq_id: int = 0) -> torch.Tensor:
     """Logits of every prompt position (one prefill step through the runner's model)."""
-    from rt.plugins.tp.layers.attention import build_attention_metadata
+    from rt.plugins.tp.layers.attention_metadata import build_attention_metadata
 
     seq = SeqStep(seq_id, tuple(prompt), 0, blocks.cover(seq_id, len(prompt)))
     meta = build_attention_metadata([seq], runner.block_size, runner.device)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from rt.plugins.tp.layers.activation import SiluAndMul
-from rt.plugins.tp.layers.attention import Attention, AttentionMetadata
+from rt.plugins.tp.layers.attention import Attention
+from rt.plugins.tp.layers.attention_metadata import AttentionMetadata
 from rt.plugins.tp.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from rt.plugins.tp.layers.layernorm import RMSNorm
 from rt.plugins.tp.layers.linear import (
