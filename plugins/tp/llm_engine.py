@@ -32,6 +32,9 @@ from rt.plugins.tp.engine.sequence import TokenLogprobs
 from rt.plugins.tp.tokenizer import Tokenizer
 
 log = logging.getLogger("rt.engine")
+# How long a failed step waits for the worker monitor to name a dead rank (it reaps
+# the process and reports its exit within milliseconds; this bounds a stuck monitor).
+RANK_DEATH_GRACE_S = 2.0
 
 
 @attrs.define(eq=False)
@@ -70,6 +73,7 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._stopping = False
         self.dead_reason: str | None = None
+        self._failed = threading.Event()  # set once dead_reason is
         self._thread = threading.Thread(target=self._loop, name="rt-engine", daemon=True)
         self._thread.start()
 
@@ -152,6 +156,7 @@ class LLMEngine:
         with self._lock:
             if self.dead_reason is None:
                 self.dead_reason = reason
+                self._failed.set()
             failed = list(self._active.values())
             self._active.clear()
             self._by_request.clear()
@@ -178,11 +183,9 @@ class LLMEngine:
                 if self.channel is not None:
                     self.channel.send(step)
                 logits = self.runner.run(step)
-                sampling = [s for s in step.seqs if s.sample]
-                if sampling:
-                    result = self.sampler.sample(
-                        logits, [s.sampling for s in sampling], [s.num_generated for s in sampling]
-                    )
+                params, num_generated = step.sampled_params()
+                if params:
+                    result = self.sampler.sample(logits, params, num_generated)
                     tokens, logprobs = result.token_ids, result.logprobs
                 else:
                     tokens, logprobs = [], []
@@ -194,6 +197,11 @@ class LLMEngine:
                     self._on_step()
         except BaseException as e:  # a rank died, or a bug: fail requests, never hang
             log.exception("engine loop stopped")
+            if self.runner.ctx.world_size > 1:
+                # A collective with a dead rank fails before the worker monitor has
+                # reaped that rank; give the monitor a moment to report the real cause
+                # (which rank, how it exited) rather than gloo's "connection closed".
+                self._failed.wait(RANK_DEATH_GRACE_S)
             self.fail(f"engine step failed: {type(e).__name__}: {e}")
 
     def _collect(
