@@ -67,7 +67,7 @@ def channel_plugins(names: list[str] | None) -> list[Any]:
 
 def make_steps(batch: int, count: int, block_size: int, first_step: int = 0) -> Any:
     """Decode steps of ``batch`` sequences, generated lazily (outside the timing)."""
-    from rt.core.step import SamplingParams, SeqStep, StepMetadata
+    from rt.core.step import SamplingParams, StepBuilder
 
     params = [
         SamplingParams(temperature=0.0, max_tokens=512),
@@ -78,19 +78,12 @@ def make_steps(batch: int, count: int, block_size: int, first_step: int = 0) -> 
     for i in range(count):
         pos = CONTEXT_TOKENS - 1 + i
         n_blocks = pos // block_size + 1
-        seqs = tuple(
-            SeqStep(
-                seq_id=s,
-                token_ids=((s * 7 + i) % 32000,),
-                start_pos=pos,
-                block_table=tuple(tables[s][:n_blocks]),
-                sample=True,
-                num_generated=i + 1,
-                sampling=params[s % 2],
+        step = StepBuilder()  # as the engine's scheduler builds a step
+        for s in range(batch):
+            step.add(
+                s, ((s * 7 + i) % 32000,), pos, tables[s][:n_blocks], True, i + 1, params[s % 2]
             )
-            for s in range(batch)
-        )
-        yield StepMetadata(step_id=first_step + i, seqs=seqs)
+        yield step.build(first_step + i)
 
 
 def _percentile(sorted_us: list[float], q: float) -> float:

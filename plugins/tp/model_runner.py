@@ -10,7 +10,7 @@ from rt.core.errors import ModelError
 from rt.core.step import StepMetadata
 from rt.plugins.tp.kv_cache import KVCacheSpec
 from rt.plugins.tp.layers.attention import Attention
-from rt.plugins.tp.layers.attention_metadata import build_attention_metadata
+from rt.plugins.tp.layers.attention_metadata import as_long, build_attention_metadata
 from rt.plugins.tp.loader import load_weights, materialize
 from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.models import get_model_class
@@ -138,29 +138,25 @@ class ModelRunner:
         """Run one step; return float32 logits ``[num seqs with sample, vocab]``, or None
         when no sequence samples."""
         assert self.model is not None and self.kv_cache is not None, "load and allocate first"
-        if not step.seqs:
+        if not step.num_seqs:
             return None
-        for s in step.seqs:
-            end = s.start_pos + len(s.token_ids)
-            if end > self.model_config.max_model_len:
-                raise ModelError(
-                    f"seq {s.seq_id} reaches position {end}, past max_model_len="
-                    f"{self.model_config.max_model_len} of this model"
-                )
+        ends = as_long(step.start_positions) + as_long(step.token_counts)  # [B]
+        if int(ends.max()) > self.model_config.max_model_len:
+            i = int(ends.argmax())
+            raise ModelError(
+                f"seq {step.seq_ids[i]} reaches position {int(ends[i])}, past max_model_len="
+                f"{self.model_config.max_model_len} of this model"
+            )
         if self.device.type == "cpu" and self._threads > 1:
             wanted = 1 if step.num_tokens <= SMALL_STEP_TOKENS else self._threads
             if torch.get_num_threads() != wanted:
                 torch.set_num_threads(wanted)
-        token_ids = [t for s in step.seqs for t in s.token_ids]
-        input_ids = torch.tensor(token_ids, dtype=torch.long).to(self.device)  # [T]
-        meta = build_attention_metadata(step.seqs, self.block_size, self.device)
+        input_ids = as_long(step.token_ids).to(self.device)  # [T]
+        meta = build_attention_metadata(step, self.block_size, self.device)
         hidden = self.model(input_ids, meta)  # [T, H]
-        last, sample_rows = -1, []
-        for s in step.seqs:
-            last += len(s.token_ids)
-            if s.sample:
-                sample_rows.append(last)
-        if not sample_rows:
+        sample = torch.frombuffer(step.sample, dtype=torch.int8).bool()  # [B]
+        if not bool(sample.any()):
             return None
-        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
+        last_token = as_long(step.token_counts).cumsum(0) - 1  # [B]
+        rows = last_token[sample].to(self.device)  # [N]
         return self.model.compute_logits(hidden[rows]).float()  # [N, V]

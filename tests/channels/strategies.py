@@ -41,7 +41,7 @@ def step_metadata(draw, max_seqs: int = 8) -> StepMetadata:
         )
         for sid in ids
     )
-    return StepMetadata(step_id=draw(st.integers(-(2**63), 2**63 - 1)), seqs=seqs)
+    return StepMetadata.from_seqs(draw(st.integers(-(2**63), 2**63 - 1)), seqs)
 
 
 control_messages = st.builds(
@@ -77,5 +77,5 @@ def evolving_steps(draw, max_steps: int = 6) -> list[StepMetadata]:
         fresh = draw(step_metadata(max_seqs=3))
         taken = {s.seq_id for s in kept}
         kept += [s for s in fresh.seqs if s.seq_id not in taken]
-        steps.append(StepMetadata(step_id=prev.step_id ^ 1, seqs=tuple(kept)))
+        steps.append(StepMetadata.from_seqs(prev.step_id ^ 1, kept))
     return steps

@@ -81,7 +81,7 @@ def test_run_returns_logits_only_for_sampled_seqs(checkpoints):
 
     runner = make_runner(checkpoints["llama_odd"][0])
     blocks = BlockTables(NUM_BLOCKS, BLOCK_SIZE)
-    step = StepMetadata(
+    step = StepMetadata.from_seqs(
         0,
         (
             SeqStep(0, (1, 2, 3), 0, blocks.cover(0, 3), sample=False),
@@ -90,7 +90,9 @@ def test_run_returns_logits_only_for_sampled_seqs(checkpoints):
     )
     logits = runner.run(step)
     assert logits.shape == (1, 251) and logits.dtype == torch.float32
-    only_unsampled = StepMetadata(1, (SeqStep(0, (6,), 3, blocks.cover(0, 4), sample=False),))
+    only_unsampled = StepMetadata.from_seqs(
+        1, (SeqStep(0, (6,), 3, blocks.cover(0, 4), sample=False),)
+    )
     assert runner.run(only_unsampled) is None
 
 
@@ -98,7 +100,7 @@ def test_position_past_max_model_len_is_refused(checkpoints):
     from rt.core.step import SeqStep, StepMetadata
 
     runner = make_runner(checkpoints["llama_odd"][0])
-    step = StepMetadata(0, (SeqStep(0, (1,), 256, tuple(range(NUM_BLOCKS))),))
+    step = StepMetadata.from_seqs(0, (SeqStep(0, (1,), 256, tuple(range(NUM_BLOCKS))),))
     with pytest.raises(ModelError, match="max_model_len=256"):
         runner.run(step)
 

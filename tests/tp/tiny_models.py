@@ -157,7 +157,9 @@ def full_logits(runner, prompt: list[int], blocks: BlockTables, seq_id: int = 0)
     from rt.plugins.tp.layers.attention_metadata import build_attention_metadata
 
     seq = SeqStep(seq_id, tuple(prompt), 0, blocks.cover(seq_id, len(prompt)))
-    meta = build_attention_metadata([seq], runner.block_size, runner.device)
+    meta = build_attention_metadata(
+        StepMetadata.from_seqs(0, [seq]), runner.block_size, runner.device
+    )
     with torch.inference_mode():
         hidden = runner.model(torch.tensor(prompt, device=runner.device), meta)
         return runner.model.compute_logits(hidden).float()
@@ -191,7 +193,7 @@ def greedy_decode(
             steps.append(
                 SeqStep(i, tuple(seq[done[i] : end]), done[i], table, end == len(seq), 0, greedy)
             )
-        logits = runner.run(StepMetadata(step_id, tuple(steps)))
+        logits = runner.run(StepMetadata.from_seqs(step_id, steps))
         step_id += 1
         sampled = [s for s in steps if s.sample]
         for s in steps:

@@ -51,18 +51,18 @@ def test_control_messages_round_trip(shm_pair, message):
 def test_more_messages_than_slots_keep_their_order(shm_pair):
     sp = SamplingParams()
     for i in range(40):  # 5 laps of the 8-slot ring
-        step = StepMetadata(i, (SeqStep(1, (i,), i, tuple(range(i % 5)), True, i, sp),))
+        step = StepMetadata.from_seqs(i, [SeqStep(1, (i,), i, tuple(range(i % 5)), True, i, sp)])
         assert shm_pair.roundtrip(step) == [step]
 
 
 def test_oversized_step_fails_on_the_driver_and_the_channel_goes_on(shm_pair):
     sp = SamplingParams()
-    huge = StepMetadata(
-        1, tuple(SeqStep(i, (1,), 0, tuple(range(4000)), True, 0, sp) for i in range(80))
+    huge = StepMetadata.from_seqs(
+        1, [SeqStep(i, (1,), 0, tuple(range(4000)), True, 0, sp) for i in range(80)]
     )
     error = shm_pair.send_expecting_error(huge)
     assert "FrameTooLarge" in error and "RT_SHM_BROADCAST_FRAME_BYTES" in error
-    small = StepMetadata(2, (SeqStep(1, (1,), 0, (1,), True, 0, sp),))
+    small = StepMetadata.from_seqs(2, [SeqStep(1, (1,), 0, (1,), True, 0, sp)])
     assert shm_pair.roundtrip(small) == [small]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,9 +21,8 @@ BUF = 1 << 20
 
 def _step(n_seqs: int = 2, blocks: int = 4) -> StepMetadata:
     sp = SamplingParams(temperature=0.5, stop=("é",))
-    return StepMetadata(
-        step_id=7,
-        seqs=tuple(SeqStep(i, (1, 2), 3, tuple(range(blocks)), True, 1, sp) for i in range(n_seqs)),
+    return StepMetadata.from_seqs(
+        7, [SeqStep(i, (1, 2), 3, tuple(range(blocks)), True, 1, sp) for i in range(n_seqs)]
     )
 
 
@@ -45,12 +45,13 @@ def test_control_messages_round_trip(message):
     assert Decoder().decode(buf) == message
 
 
-def test_unchanged_tables_are_not_resent():
+def test_a_64_sequence_step_is_a_few_copies_and_unchanged_sampling_is_not_resent():
     enc, buf = Encoder(), bytearray(BUF)
-    full = enc.encode(_step(64, 128), buf)
-    delta = enc.encode(_step(64, 128), buf)
-    assert full > 64 * 128 * 4
-    assert delta < full / 10
+    first = enc.encode(_step(64, 128), buf)
+    again = enc.encode(_step(64, 128), buf)  # equal sampling records: not sent again
+    arrays = 64 * (8 + 5 * 4 + 1) + 4 * (64 * 2 + 64 * 128)
+    assert again == HEADER_BYTES + arrays
+    assert first > again
 
 
 @settings(max_examples=100, deadline=None)
@@ -84,10 +85,34 @@ def test_malformed_headers_name_the_problem(offset, fmt, value, match):
 def test_counts_that_disagree_with_the_arrays_are_rejected():
     buf = bytearray(BUF)
     Encoder().encode(_step(), buf)
-    # seq 0's token count (the first num_tokens entry) claims one token more.
-    off = HEADER_BYTES + 2 * 8 + 2 * 4
-    struct.pack_into("<i", buf, off, 3)
+    # seq 0's token count (the first entry after the two int64 seq ids) claims 3 tokens.
+    struct.pack_into("<i", buf, HEADER_BYTES + 2 * 8, 3)
     with pytest.raises(FrameError, match="per-seq counts"):
+        Decoder().decode(buf)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        (1, -1, "negative"),  # seq 0's start position
+        (3, 5, "sampling index"),  # seq 0's sampling index: only one record was sent
+    ],
+)
+def test_values_a_valid_step_cannot_hold_are_rejected(field, value, match):
+    buf = bytearray(BUF)
+    Encoder().encode(_step(), buf)
+    # seq 0's entry of int32 array k (counts, starts, generated, index, table lengths),
+    # each of 2 entries, after the two int64 seq ids
+    struct.pack_into("<i", buf, HEADER_BYTES + 2 * 8 + 2 * 4 * field, value)
+    with pytest.raises(FrameError, match=match):
+        Decoder().decode(buf)
+
+
+def test_a_sample_flag_other_than_0_or_1_is_rejected():
+    buf = bytearray(BUF)
+    Encoder().encode(_step(), buf)
+    struct.pack_into("<b", buf, HEADER_BYTES + 2 * 8 + 5 * 2 * 4, 7)
+    with pytest.raises(FrameError, match="sample flag"):
         Decoder().decode(buf)
 
 
@@ -115,9 +140,15 @@ def test_a_failed_encode_leaves_the_state_unchanged():
     assert dec.decode(big[:length]) == _step(8, 64)
 
 
-def test_values_outside_the_layout_are_a_clear_error():
-    step = StepMetadata(1, (SeqStep(1, (2**31,), 0, ()),))
-    with pytest.raises(FrameError, match="int32"):
+def test_a_step_id_outside_int64_is_a_clear_error():
+    step = attrs.evolve(_step(), step_id=2**63)
+    with pytest.raises(FrameError, match="step id"):
+        Encoder().encode(step, bytearray(BUF))
+
+
+def test_a_step_not_made_of_arrays_is_refused():
+    step = attrs.evolve(_step(), token_ids=[1, 2, 1, 2])
+    with pytest.raises(FrameError, match="StepBuilder"):
         Encoder().encode(step, bytearray(BUF))
 
 

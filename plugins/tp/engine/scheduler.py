@@ -18,7 +18,7 @@ Policy, in order, each step:
    one step gets the next chunk from the tokens left in the budget.
 3. **Admission.** Waiting sequences are admitted in arrival order while there is
    budget, a sequence slot and blocks for *all* of the sequence's tokens. A prompt
-   longer than the tokens left is split (chunked prefill): its ``SeqStep`` has
+   longer than the tokens left is split (chunked prefill): its entry in the step has
    ``sample=False`` until the chunk that finishes it. Admission stops at the first
    sequence that does not fit (no overtaking), so a long prompt is not starved by
    short ones.
@@ -41,7 +41,7 @@ from collections.abc import Sequence as SequenceABC
 
 import attrs
 from rt.core.errors import ConfigError, RequestError
-from rt.core.step import SeqStep, StepMetadata
+from rt.core.step import StepBuilder, StepMetadata
 from rt.plugins.tp.engine.block_manager import BlockManager
 from rt.plugins.tp.engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprobs
 
@@ -65,7 +65,7 @@ class Scheduler:
                           eos_token_ids=[2])
         sched.add(Sequence(0, [1, 5, 9], SamplingParams(max_tokens=4)))
         while (step := sched.schedule()) is not None:
-            sampled = run_model(step)            # one token per SeqStep with sample=True
+            sampled = run_model(step)            # one token per sequence with sample set
             outcome = sched.postprocess(step, sampled)
     """
 
@@ -130,7 +130,7 @@ class Scheduler:
     def schedule(self) -> StepMetadata | None:
         """Build the next step, or return None when there is nothing to run."""
         budget = self.max_num_batched_tokens
-        steps: list[SeqStep] = []
+        steps = StepBuilder()
 
         i = 0
         while i < len(self.running):
@@ -139,7 +139,7 @@ class Scheduler:
                 if not self._make_room(seq):
                     break  # seq preempted itself: everything after it is gone too
                 self.block_manager.may_append(seq)
-                steps.append(self._seq_step(seq, 1))
+                self._add_seq(steps, seq, 1)
                 budget -= 1
             i += 1
 
@@ -148,7 +148,7 @@ class Scheduler:
                 break
             if seq.num_uncomputed_tokens > 1:  # a prompt split over steps
                 n = min(seq.num_uncomputed_tokens, budget)
-                steps.append(self._seq_step(seq, n))
+                self._add_seq(steps, seq, n)
                 budget -= n
 
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -160,14 +160,14 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             n = min(seq.num_uncomputed_tokens, budget)
-            steps.append(self._seq_step(seq, n))
+            self._add_seq(steps, seq, n)
             budget -= n
 
         if not steps:
             # add() guarantees the head fits an empty cache, so only "no work" gets here.
             assert not self.running and not self.waiting, "scheduler made no progress"
             return None
-        return StepMetadata(step_id=next(self._step_ids), seqs=tuple(steps))
+        return steps.build(next(self._step_ids))
 
     def postprocess(
         self,
@@ -177,29 +177,31 @@ class Scheduler:
     ) -> StepOutcome:
         """Apply a step's results.
 
-        ``sampled`` (and ``logprobs`` when given) hold one entry per ``SeqStep`` with
-        ``sample=True``, in step order. Sequences aborted or finished while the step
+        ``sampled`` (and ``logprobs`` when given) hold one entry per sequence with
+        ``sample`` set, in step order. Sequences aborted or finished while the step
         ran are skipped.
         """
-        num_sampling = sum(s.sample for s in step.seqs)
+        num_sampling = sum(step.sample)
         assert len(sampled) == num_sampling, (len(sampled), num_sampling)
         assert logprobs is None or len(logprobs) == num_sampling
         advanced: list[Sequence] = []
         finished: list[Sequence] = []
         k = 0
-        for s in step.seqs:
+        for seq_id, start, count, sample in zip(
+            step.seq_ids, step.start_positions, step.token_counts, step.sample, strict=True
+        ):
             token, lp = 0, None
-            if s.sample:
+            if sample:
                 token = sampled[k]
                 lp = logprobs[k] if logprobs is not None else None
                 k += 1
-            seq = self._live.get(s.seq_id)
+            seq = self._live.get(seq_id)
             if seq is None or seq.status is not SequenceStatus.RUNNING:
                 continue
-            if seq.num_cached_tokens != s.start_pos:
+            if seq.num_cached_tokens != start:
                 continue  # preempted and readmitted since this step was built
-            seq.num_cached_tokens = s.start_pos + len(s.token_ids)
-            if not s.sample:
+            seq.num_cached_tokens = start + count
+            if not sample:
                 continue
             seq.output_token_ids.append(int(token))
             seq.output_logprobs.append(lp)
@@ -291,14 +293,14 @@ class Scheduler:
             return "length"
         return None
 
-    def _seq_step(self, seq: Sequence, num_tokens: int) -> SeqStep:
+    def _add_seq(self, steps: StepBuilder, seq: Sequence, num_tokens: int) -> None:
         start = seq.num_cached_tokens
-        return SeqStep(
-            seq_id=seq.seq_id,
-            token_ids=tuple(seq.uncomputed_token_ids(num_tokens)),
-            start_pos=start,
-            block_table=tuple(seq.block_table),
-            sample=start + num_tokens == seq.num_tokens,
-            num_generated=seq.num_generated,
-            sampling=seq.sampling,
+        steps.add(
+            seq.seq_id,
+            seq.uncomputed_token_ids(num_tokens),
+            start,
+            seq.block_table,
+            start + num_tokens == seq.num_tokens,
+            seq.num_generated,
+            seq.sampling,
         )

@@ -1,16 +1,18 @@
 """What every attention layer needs for one step, built once per step from its metadata.
 
 A token at position ``pos`` of a sequence lives in cache slot
-``block_table[pos // block_size] * block_size + pos % block_size``.
+``block_table[pos // block_size] * block_size + pos % block_size``. Everything is
+computed with tensor ops over the step's columnar arrays (no per-sequence Python
+work), except one small record per sequence that prefills several tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from array import array
 
 import attrs
 import torch
-from rt.core.step import SeqStep
+from rt.core.step import StepMetadata
 
 
 @attrs.frozen
@@ -35,63 +37,85 @@ class AttentionMetadata:
     prefills: tuple[PrefillSeq, ...]
 
 
+def as_long(values: array) -> torch.Tensor:
+    """An int array of the step as a long tensor (``frombuffer`` rejects empty buffers)."""
+    if not values:
+        return torch.zeros(0, dtype=torch.long)
+    dtype = torch.int64 if values.itemsize == 8 else torch.int32
+    return torch.frombuffer(values, dtype=dtype).long()
+
+
+def block_tables(step: StepMetadata) -> torch.Tensor:
+    """``[B, max_blocks]`` long: each sequence's block table, padded with block 0
+    (never read: masked out or past the context)."""
+    lens = as_long(step.table_lens)  # [B]
+    flat = as_long(step.block_ids)  # [sum(lens)]
+    width = int(lens.max())
+    if width == 0:
+        return torch.zeros(len(lens), 0, dtype=torch.long)
+    col = torch.arange(width)
+    valid = col.unsqueeze(0) < lens.unsqueeze(1)  # [B, W]
+    index = (lens.cumsum(0) - lens).unsqueeze(1) + col  # [B, W] into flat
+    return torch.where(valid, flat[index.clamp(max=max(len(flat) - 1, 0))], 0)
+
+
 def build_attention_metadata(
-    seqs: Sequence[SeqStep], block_size: int, device: torch.device
+    step: StepMetadata, block_size: int, device: torch.device
 ) -> AttentionMetadata:
-    # block_tables: [B, max_blocks], padded with block 0 (never read: masked or out of range)
-    max_blocks = max(len(s.block_table) for s in seqs)
-    for s in seqs:
-        assert len(s.block_table) * block_size >= s.start_pos + len(s.token_ids), (
-            f"seq {s.seq_id}: block table {s.block_table} too short for "
-            f"{s.start_pos + len(s.token_ids)} tokens"
-        )
-    block_tables = torch.tensor(
-        [list(s.block_table) + [0] * (max_blocks - len(s.block_table)) for s in seqs]
+    counts = as_long(step.token_counts)  # [B] new tokens per sequence
+    starts = as_long(step.start_positions)  # [B]
+    tables = block_tables(step)  # [B, W]
+    short = as_long(step.table_lens) * block_size < starts + counts
+    assert not bool(short.any()), (
+        f"seq {step.seq_ids[int(short.nonzero()[0])]}: block table too short for its tokens"
     )
-    lens = [len(s.token_ids) for s in seqs]
-    seq_of_token = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor(lens))
-    positions = torch.cat(
-        [torch.arange(s.start_pos, s.start_pos + n) for s, n in zip(seqs, lens, strict=True)]
-    )
-    slot_mapping = block_tables[seq_of_token, positions // block_size] * block_size
+    num_seqs, num_tokens = len(counts), step.num_tokens
+    first_token = counts.cumsum(0) - counts  # [B] index of each seq's first token in T
+    seq_of_token = torch.repeat_interleave(torch.arange(num_seqs), counts)  # [T]
+    positions = starts[seq_of_token] + torch.arange(num_tokens) - first_token[seq_of_token]
+    slot_mapping = tables[seq_of_token, positions // block_size] * block_size
     slot_mapping += positions % block_size
 
-    decode = [i for i, n in enumerate(lens) if n == 1]
+    decode = (counts == 1).nonzero().squeeze(1)  # [Bd]
     decode_token_idx = decode_slots = decode_mask = None
-    if decode:
-        offsets = torch.tensor([0, *lens]).cumsum(0)
-        decode_token_idx = offsets[decode]
-        ctx_lens = torch.tensor([seqs[i].start_pos + 1 for i in decode])
+    if len(decode):
+        ctx_lens = starts[decode] + 1  # [Bd]
         pos = torch.arange(int(ctx_lens.max()))
         in_ctx = pos.unsqueeze(0) < ctx_lens.unsqueeze(1)  # [Bd, Lmax]
-        blocks = block_tables[decode].gather(1, (pos // block_size).expand(len(decode), -1))
+        blocks = tables[decode].gather(1, (pos // block_size).expand(len(decode), -1))
         slots = blocks * block_size + pos % block_size
         decode_slots = torch.where(in_ctx, slots, 0).to(device)
         decode_mask = in_ctx[:, None, None, :].to(device)
-        decode_token_idx = decode_token_idx.to(device)
+        decode_token_idx = first_token[decode].to(device)
 
-    prefills, token_start = [], 0
-    for i, (s, n) in enumerate(zip(seqs, lens, strict=True)):
-        if n > 1:
-            prefills.append(_prefill(s, n, token_start, block_tables[i], block_size, device))
-        token_start += n
+    prefills = tuple(
+        _prefill(
+            int(first_token[i]),
+            step.token_counts[i],
+            step.start_positions[i],
+            tables[i],
+            block_size,
+            device,
+        )  # fmt: skip
+        for i in (counts > 1).nonzero().squeeze(1).tolist()
+    )
     return AttentionMetadata(
         positions=positions.to(device),
         slot_mapping=slot_mapping.to(device),
         decode_token_idx=decode_token_idx,
         decode_slots=decode_slots,
         decode_mask=decode_mask,
-        prefills=tuple(prefills),
+        prefills=prefills,
     )
 
 
 def _prefill(
-    s: SeqStep, n: int, token_start: int, block_table: torch.Tensor, block_size: int, device
+    token_start: int, n: int, start_pos: int, table: torch.Tensor, block_size: int, device
 ) -> PrefillSeq:
-    if s.start_pos == 0:
+    if start_pos == 0:
         return PrefillSeq(token_start, n, None, None)
-    ctx_len = s.start_pos + n
+    ctx_len = start_pos + n
     pos = torch.arange(ctx_len)
-    context = block_table[pos // block_size] * block_size + pos % block_size
-    mask = torch.arange(ctx_len).unsqueeze(0) <= (s.start_pos + torch.arange(n)).unsqueeze(1)
+    context = table[pos // block_size] * block_size + pos % block_size
+    mask = torch.arange(ctx_len).unsqueeze(0) <= (start_pos + torch.arange(n)).unsqueeze(1)
     return PrefillSeq(token_start, n, context.to(device), mask.to(device))
