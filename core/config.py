@@ -53,6 +53,9 @@ class ParallelConfig:
     # Ranks the driver starts on its own node (None: all of them). The others join
     # from other nodes with `rt worker`; see docs/architecture.md.
     local_ranks: int | None = attrs.field(default=None, validator=optional(gt(0)))
+    # All-reduce / all-gather through shared memory when every rank is a CPU rank on
+    # this node (plugins/tp/shm_collectives.py); false: the gloo group's collectives.
+    shm_collectives: bool = attrs.field(default=True, validator=instance_of(bool))
 
 
 @attrs.frozen

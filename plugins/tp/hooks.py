@@ -173,17 +173,28 @@ def _on_rank_death(runtime: Any, reason: str) -> None:
         runtime.abort_startup(EngineDead(reason))
 
 
-def _parallel_context(runtime: Any) -> Any:
+def _parallel_context(config: Any, runtime: Any) -> Any:
     from rt.plugins.tp.parallel import ParallelContext
 
     device = runtime.services["device"]
     if runtime.world_size == 1:
         return ParallelContext.single(device)
+    groups = runtime.services["process_groups"]
+    collectives = None
+    if config.parallel.shm_collectives:
+        from rt.plugins.tp.shm_collectives import open_shm_collectives
+
+        # The control group is idle until kv-cache, which needs this stage's result.
+        collectives, how = open_shm_collectives(
+            runtime.rank, runtime.world_size, device, groups["control"]
+        )
+        note("collectives", how)
     return ParallelContext(
         rank=runtime.rank,
         world_size=runtime.world_size,
-        group=runtime.services["process_groups"]["world"],
+        group=groups["world"],
         device=device,
+        collectives=collectives,
     )
 
 
@@ -202,7 +213,7 @@ def rt_load_weights(config: Any, runtime: Any) -> Any:
     path = runtime.result("model").path if runtime.is_driver else config.model.source
     runner = ModelRunner(
         path,
-        _parallel_context(runtime),
+        _parallel_context(config, runtime),
         _dtype(config, runtime.services["device"]),
         block_size=config.cache.block_size,
     )

@@ -6,6 +6,8 @@ identities, so a single-process engine needs no process group at all.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 
@@ -22,6 +24,9 @@ class ParallelContext:
     world_size: int = attrs.field(default=1)
     group: object | None = None
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+    # Shared-memory collectives for CPU ranks on one node (shm_collectives.py), used
+    # instead of the group's when set.
+    collectives: Any = None
 
     @world_size.validator
     def _check_world_size(self, attribute: attrs.Attribute, value: int) -> None:
@@ -57,6 +62,8 @@ class ParallelContext:
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum ``x`` over the ranks, in place; returns ``x``."""
         if self.world_size > 1:
+            if self.collectives is not None:
+                return self.collectives.all_reduce(x)
             import torch.distributed as dist
 
             dist.all_reduce(x, group=self.group)
@@ -66,6 +73,8 @@ class ParallelContext:
         """Concatenate every rank's ``x`` along the last dim, in rank order."""
         if self.world_size == 1:
             return x
+        if self.collectives is not None:
+            return self.collectives.all_gather_last_dim(x)
         import torch.distributed as dist
 
         x = x.contiguous()

@@ -6,16 +6,12 @@ rank 0's results and each test checks one property of them.
 
 from __future__ import annotations
 
-import pickle
-import socket
-import traceback
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from rt.plugins.tp.model_runner import ModelRunner
 from rt.plugins.tp.parallel import ParallelContext
 
+from .ranks import run_ranks
 from .tiny_models import (
     CHECKPOINTS,
     BlockTables,
@@ -31,58 +27,6 @@ BLOCK_SIZE, NUM_BLOCKS, NEW_TOKENS = 4, 64, 32
 PROMPT_LENS = (5, 11, 1)
 # mistral has a single KV head, which TP=2 cannot split (KV heads are not replicated)
 TP2_CHECKPOINTS = [n for n in CHECKPOINTS if n != "mistral"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, world_size: int, port: int, fn, args, results) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-        )
-        value = fn(ParallelContext.from_distributed("cpu"), *args)
-        # plain pickle copies tensors by value; the queue's own pickler would share them
-        # through file descriptors that die with this process
-        results.put((rank, pickle.dumps(value), None))
-    except BaseException:
-        results.put((rank, None, traceback.format_exc()))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_ranks(world_size: int, fn, *args, timeout: float = 120.0) -> list:
-    """Run ``fn(ctx, *args)`` on ``world_size`` spawned gloo ranks; return their results
-    in rank order (``fn`` must be a module-level function)."""
-    spawn = mp.get_context("spawn")
-    results = spawn.Queue()
-    port = free_port()
-    procs = [
-        spawn.Process(target=_rank_main, args=(r, world_size, port, fn, args, results))
-        for r in range(world_size)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        got = dict()
-        for _ in range(world_size):
-            rank, value, error = results.get(timeout=timeout)
-            if error:
-                raise AssertionError(f"rank {rank} failed:\n{error}")
-            got[rank] = pickle.loads(value)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    return [got[r] for r in range(world_size)]
 
 
 def _tp_worker(ctx: ParallelContext, paths: dict) -> dict:
