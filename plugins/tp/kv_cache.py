@@ -1,4 +1,11 @@
-"""The paged KV cache: one tensor ``[2, L, num_blocks, block_size, H_kv_local, D]``."""
+"""The paged KV cache: one tensor ``[2, L, num_blocks, block_size, H_kv_local, D]``.
+
+Its memory is laid out ``[L, num_blocks, block_size, 2, H_kv_local, D]``: K and V of a
+slot sit side by side, in the order the QKV projection produces them, so attention
+stores a step's K and V with one ``index_copy_`` and gathers a context's K and V with
+one ``index_select`` (see layers/kv_store.py). The ``[2, L, ...]`` view keeps
+``cache[0, i]`` and ``cache[1, i]`` the K and V of layer ``i``.
+"""
 
 from __future__ import annotations
 
@@ -40,10 +47,10 @@ class KVCacheSpec:
         lets the OS back the cache with memory only as blocks are used."""
         if num_blocks < 1:
             raise ConfigError(f"num_blocks must be >= 1, got {num_blocks}")
-        shape = (2, self.num_layers, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
-        cache = torch.empty(shape, dtype=self.dtype, device=device)
+        shape = (self.num_layers, num_blocks, self.block_size, 2, self.num_kv_heads, self.head_dim)
+        cache = torch.empty(shape, dtype=self.dtype, device=device).permute(3, 0, 1, 2, 4, 5)
         cache[:, :, 0].zero_()
-        return cache
+        return cache  # [2, L, num_blocks, block_size, Hkv, D], K and V interleaved per slot
 
 
 def bytes_per_block(

@@ -19,7 +19,7 @@ from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.build_once import MARKER
 
 # Bump when the prepared layout changes (see prepared_weights.py).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 PREPARED_FILE = "weights.safetensors"
 
 

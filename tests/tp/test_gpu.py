@@ -15,14 +15,14 @@ pytestmark = pytest.mark.gpu
 
 def test_triton_kv_store_equals_index_copy():
     device = torch.device("cuda")
-    k, v = torch.randn(7, 2, 12, device=device), torch.randn(7, 2, 12, device=device)
+    # kv: [7, 2, 2, 12], a column slice of a wider projection output (strided rows)
+    qkv = torch.randn(7, 24 + 48, device=device)
+    kv = qkv[:, 24:].view(7, 2, 2, 12)
     slots = torch.tensor([5, 0, 17, 3, 9, 30, 2], device=device)
-    ours_k, ours_v = torch.zeros(32, 2, 12, device=device), torch.zeros(32, 2, 12, device=device)
-    store_kv(k, v, ours_k, ours_v, slots)
-    ref_k, ref_v = torch.zeros_like(ours_k), torch.zeros_like(ours_v)
-    ref_k.index_copy_(0, slots, k)
-    ref_v.index_copy_(0, slots, v)
-    assert torch.equal(ours_k, ref_k) and torch.equal(ours_v, ref_v)
+    ours = torch.zeros(32, 2, 2, 12, device=device)
+    store_kv(kv, ours, slots)
+    ref = torch.zeros_like(ours).index_copy_(0, slots, kv)
+    assert torch.equal(ours, ref)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 5e-2)])

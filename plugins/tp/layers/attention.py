@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from rt.plugins.tp.layers.attention_metadata import AttentionMetadata
-from rt.plugins.tp.layers.kv_store import store_kv
+from rt.plugins.tp.layers.kv_store import slot_view, store_kv
 from torch import nn
 
 
@@ -20,7 +20,8 @@ class Attention(nn.Module):
     """Attention of one layer's local heads over the paged KV cache.
 
     The runner binds ``k_cache`` and ``v_cache`` (each ``[num_blocks, block_size,
-    H_kv_local, D]``, zero-initialised so padded slots hold no NaN) before the first step.
+    H_kv_local, D]``, the two halves of one ``KVCacheSpec.allocate`` layer, block 0
+    zeroed so padded slots hold no NaN) before the first step.
     """
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
@@ -29,35 +30,40 @@ class Attention(nn.Module):
         self.scale = scale
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
+        self._slots: torch.Tensor | None = None  # [num_slots, 2, Hkv, D] over k/v_cache
+        self._slots_of: torch.Tensor | None = None  # the k_cache _slots was made from
 
-    def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        # q: [T, Hq, D]; k, v: [T, Hkv, D] -> out: [T, Hq, D]
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        # q: [T, Hq, D]; kv: [T, 2, Hkv, D] (this step's K and V) -> out: [T, Hq, D]
         assert self.k_cache is not None, "KV cache not allocated: call allocate_kv_cache first"
-        k_flat = self.k_cache.view(-1, self.num_kv_heads, self.head_dim)  # [slots, Hkv, D]
-        v_flat = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
-        store_kv(k, v, k_flat, v_flat, meta.slot_mapping)
-        kd = vd = None
+        if self._slots_of is not self.k_cache:
+            self._slots, self._slots_of = slot_view(self.k_cache, self.v_cache), self.k_cache
+        slots = self._slots
+        store_kv(kv, slots, meta.slot_mapping)
+        od = None
         if meta.decode_slots is not None:
-            kd = k_flat[meta.decode_slots].transpose(1, 2)  # [Bd, Hkv, Lmax, D]
-            vd = v_flat[meta.decode_slots].transpose(1, 2)
-        if not meta.prefills and kd is not None:  # a pure decode step: no scatter needed
-            return self._sdpa(q.unsqueeze(2), kd, vd, meta.decode_mask).squeeze(2)
+            bd, lmax = meta.decode_slots.shape
+            # One index_select gathers K and V: in a SmolLM2 decode profile it takes ~38 us
+            # per layer where two tensor[index] gathers took ~70-120 us each.
+            ctx = slots.index_select(0, meta.decode_slots.view(-1)).view(bd, lmax, *slots.shape[1:])
+            kd, vd = ctx[:, :, 0].transpose(1, 2), ctx[:, :, 1].transpose(1, 2)  # [Bd, Hkv, L, D]
+            # One decoding sequence has no padded keys: no mask saves ~5 us per layer.
+            mask = meta.decode_mask if bd > 1 else None
+            if not meta.prefills:  # a pure decode step: no scatter needed
+                return self._sdpa(q.unsqueeze(2), kd, vd, mask).squeeze(2)
+            od = self._sdpa(q[meta.decode_token_idx].unsqueeze(2), kd, vd, mask)  # [Bd, Hq, 1, D]
         out = torch.empty_like(q)
-        if kd is not None:
-            idx = meta.decode_token_idx
-            od = self._sdpa(q[idx].unsqueeze(2), kd, vd, meta.decode_mask)  # [Bd, Hq, 1, D]
-            out[idx] = od.squeeze(2)
+        if od is not None:
+            out[meta.decode_token_idx] = od.squeeze(2)
         for p in meta.prefills:
             rows = slice(p.token_start, p.token_start + p.num_tokens)
             qp = q[rows].transpose(0, 1)  # [Hq, n, D]
             if p.context_slots is None:
-                kp, vp = k[rows].transpose(0, 1), v[rows].transpose(0, 1)  # [Hkv, n, D]
+                kp, vp = kv[rows, 0].transpose(0, 1), kv[rows, 1].transpose(0, 1)  # [Hkv, n, D]
                 op = self._sdpa(qp, kp, vp, None, causal=True)
             else:
-                kp = k_flat[p.context_slots].transpose(0, 1)  # [Hkv, L, D]
-                vp = v_flat[p.context_slots].transpose(0, 1)
+                ctx = slots.index_select(0, p.context_slots)  # [L, 2, Hkv, D]
+                kp, vp = ctx[:, 0].transpose(0, 1), ctx[:, 1].transpose(0, 1)  # [Hkv, L, D]
                 op = self._sdpa(qp, kp, vp, p.mask)
             out[rows] = op.transpose(0, 1)
         return out

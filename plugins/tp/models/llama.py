@@ -13,7 +13,7 @@ from rt.plugins.tp.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
-from rt.plugins.tp.layers.rotary import RotaryEmbedding, apply_rotary, interleave_rows
+from rt.plugins.tp.layers.rotary import RotaryEmbedding, apply_rotary_, interleave_rows
 from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
@@ -54,13 +54,13 @@ class LlamaAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, freqs_cis: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        # x: [T, H] -> qkv: [T, (Hq + 2 Hkv) * D] (local heads)
+        # x: [T, H] -> qkv: [T, (Hq + 2 Hkv) * D] (local heads), rotated in place
         d, hq, hkv = self.head_dim, self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x)
-        qk = apply_rotary(qkv[:, : (hq + hkv) * d].view(-1, hq + hkv, d), freqs_cis)
-        q, k = qk[:, :hq], qk[:, hq:]  # [T, Hq, D], [T, Hkv, D]
-        v = qkv[:, (hq + hkv) * d :].view(-1, hkv, d)
-        o = self.attn(q, k, v, meta)  # [T, Hq, D]
+        apply_rotary_(qkv[:, : (hq + hkv) * d].view(-1, hq + hkv, d), freqs_cis)
+        q = qkv[:, : hq * d].view(-1, hq, d)  # [T, Hq, D]
+        kv = qkv[:, hq * d :].view(-1, 2, hkv, d)  # [T, 2, Hkv, D]: the cache's slot layout
+        o = self.attn(q, kv, meta)  # [T, Hq, D]
         return self.o_proj(o.flatten(1))
 
 
