@@ -143,7 +143,8 @@ class ModelRunner:
         assert self.model is not None and self.kv_cache is not None, "load and allocate first"
         if not step.num_seqs:
             return None
-        ends = as_long(step.start_positions) + as_long(step.token_counts)  # [B]
+        counts = as_long(step.token_counts)  # [B] new tokens per sequence
+        ends = as_long(step.start_positions) + counts  # [B]
         if int(ends.max()) > self.model_config.max_model_len:
             i = int(ends.argmax())
             raise ModelError(
@@ -160,6 +161,6 @@ class ModelRunner:
         sample = torch.frombuffer(step.sample, dtype=torch.int8).bool()  # [B]
         if not bool(sample.any()):
             return None
-        last_token = as_long(step.token_counts).cumsum(0) - 1  # [B]
+        last_token = counts.cumsum(0) - 1  # [B] each sequence's last token in T
         rows = last_token[sample].to(self.device)  # [N]
         return self.model.compute_logits(hidden[rows]).float()  # [N, V]

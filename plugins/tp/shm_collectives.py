@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 from rt.core.errors import EngineDead, RtError
+from rt.core.shm import SHM_DIR, pid_alive, remove_stale, segment_name
 
-SHM_DIR = "/dev/shm"
 PREFIX = "rt-tp-"
 CONTROL_BYTES = 4096
 MAX_RANKS = CONTROL_BYTES // 64
@@ -56,35 +56,6 @@ def supported(device: torch.device) -> str | None:
     if not os.path.isdir(SHM_DIR):
         return f"{SHM_DIR} does not exist"
     return None
-
-
-def _pid_alive(pid: int) -> bool:
-    """False for a process that is gone or a zombie (exited, not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: signal 0 tells existence (zombies count as alive)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def remove_stale(shm_dir: str = SHM_DIR) -> None:
-    """Unlink ``rt-tp-<pid>-*`` segments whose creator died before unlinking them."""
-    for name in os.listdir(shm_dir):
-        parts = name.split("-")
-        if name.startswith(PREFIX) and len(parts) >= 4 and parts[2].isdigit():
-            if not _pid_alive(int(parts[2])):
-                try:
-                    os.unlink(os.path.join(shm_dir, name))
-                except FileNotFoundError:
-                    pass
 
 
 class ShmCollectives:
@@ -171,7 +142,7 @@ class ShmCollectives:
 
     def _check_alive(self, rank: int, call: int, waited: float) -> None:
         pid = self._words[8 * rank + 1]
-        if pid and not _pid_alive(pid):
+        if pid and not pid_alive(pid):
             raise EngineDead(
                 f"rank {rank} (pid {pid}) died: rank {self.rank} waited for it in "
                 f"shared-memory collective {call}"
@@ -208,8 +179,8 @@ def open_shm_collectives(
     size = CONTROL_BYTES + 2 * world_size * slot_bytes
     box: list[Any] = [None]
     if rank == 0:
-        remove_stale()
-        name = f"{PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+        remove_stale(PREFIX)
+        name = segment_name(PREFIX)
         fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)

@@ -27,9 +27,10 @@ import os
 import time
 from collections.abc import Callable
 
+from rt.core import shm
 from rt.core.errors import EngineDead, RtError
 
-SHM_DIR = "/dev/shm"
+SHM_DIR = shm.SHM_DIR
 PREFIX = "rt-shm-"
 MAGIC = 0x5254_5348_4D42_5231  # "RTSHMBR1"
 LAYOUT = 1
@@ -49,38 +50,9 @@ class ChannelClosed(RtError):
     """The other side closed the channel."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(shm_dir: str = SHM_DIR) -> list[str]:
     """Unlink ``rt-shm-<pid>-*`` segments whose creating process is dead."""
-    removed = []
-    try:
-        names = os.listdir(shm_dir)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        parts = name.split("-")
-        if not name.startswith(PREFIX) or len(parts) < 4 or not parts[2].isdigit():
-            continue
-        if not _pid_alive(int(parts[2])):
-            try:
-                os.unlink(os.path.join(shm_dir, name))
-                removed.append(name)
-            except FileNotFoundError:
-                pass
-    return removed
-
-
-def segment_name() -> str:
-    return f"{PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+    return shm.remove_stale(PREFIX, shm_dir)
 
 
 def _unlink_owned() -> None:
@@ -136,7 +108,7 @@ class Ring:
             )
         frame_bytes = -(-frame_bytes // 64) * 64
         size = CONTROL_BYTES + num_slots * (SLOT_HEADER + frame_bytes)
-        name = segment_name()
+        name = shm.segment_name(PREFIX)
         path = os.path.join(shm_dir, name)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         _owned.add(name)
@@ -203,7 +175,7 @@ class Ring:
             raise ChannelClosed("the shm-broadcast channel was closed while sending")
         for i in range(self.num_readers):
             pid = w[9 + 8 * i]
-            if pid and not _pid_alive(pid):
+            if pid and not shm.pid_alive(pid):
                 raise EngineDead(
                     f"shm-broadcast reader {i} (pid {pid}) died without reading step "
                     f"{w[8 + 8 * i]}: a worker rank is gone"
@@ -232,7 +204,7 @@ class Ring:
         w = self.words
         if w[_W_CLOSED]:
             raise ChannelClosed("the driver closed the shm-broadcast channel")
-        if not _pid_alive(w[_W_PID]):
+        if not shm.pid_alive(w[_W_PID]):
             raise EngineDead(f"the driver (pid {w[_W_PID]}) of the shm-broadcast channel died")
 
     # -- both -------------------------------------------------------------------
