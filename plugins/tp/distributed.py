@@ -80,11 +80,3 @@ def destroy_distributed() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def threads_per_rank(world_size: int) -> int:
-    """Split the CPU cores between the ranks of this node, so they do not oversubscribe."""
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    return max(1, cores // world_size)

@@ -124,7 +124,7 @@ class TPWorkers:
 @hookimpl(trylast=True)
 def rt_start_workers(config: Any, runtime: Any) -> Any:
     import torch
-    from rt.plugins.tp.distributed import free_port, init_distributed, pick_device, threads_per_rank
+    from rt.plugins.tp.distributed import free_port, init_distributed, pick_device
     from rt.plugins.tp.model_config import ModelConfig
     from rt.plugins.tp.rank_main import RankSpec
     from rt.plugins.tp.workers import WorkerGroup
@@ -134,7 +134,8 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
     ModelConfig.from_dir(model.path).check_tp(tp)  # fail before spawning anything
     device = pick_device(0)
     runtime.services["device"] = device
-    torch.set_num_threads(threads_per_rank(tp))
+    # Only the engine's step loop runs torch on several threads (bind_compute_thread).
+    torch.set_num_threads(1)
     if tp == 1:
         note("ranks", 1)
         return TPWorkers(world_size=1, device=str(device))

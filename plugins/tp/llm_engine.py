@@ -167,6 +167,7 @@ class LLMEngine:
 
     def _loop(self) -> None:
         try:
+            self.runner.bind_compute_thread()
             while True:
                 with self._lock:
                     while (

@@ -8,41 +8,17 @@ from pathlib import Path
 import torch
 from rt.core.errors import ModelError
 from rt.core.step import StepMetadata
+from rt.plugins.tp.cores import decode_parts, threads_per_rank
 from rt.plugins.tp.kv_cache import KVCacheSpec
 from rt.plugins.tp.layers.attention import Attention
 from rt.plugins.tp.layers.attention_metadata import as_long, build_attention_metadata
+from rt.plugins.tp.layers.cpu_layout import apply_decode_layout
 from rt.plugins.tp.loader import load_weights, materialize
 from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.models import get_model_class
 from rt.plugins.tp.parallel import ParallelContext
 from rt.plugins.tp.prepared_weights import load_prepared, save_prepared_async
 from rt.plugins.tp.weights_plan import prepared_dir, prepared_file
-
-
-def _transpose_storage(model: torch.nn.Module) -> None:
-    """Store every matrix column-major (the same values, ``W.t().contiguous().t()``).
-
-    ``F.linear(x, W)`` computes ``x @ W.T``; with ``W.T`` contiguous, CPU GEMV (one
-    token per sequence, the decode step) streams the weights about twice as fast:
-    ~19 GB/s instead of ~10 GB/s for the 113 MB LM head of SmolLM2 on this kind of
-    machine. Wide matrices (more inputs than outputs, such as ``down_proj``) are the
-    exception: row-major is faster for them (288 vs 337-351 us per token for SmolLM2's
-    [576, 1536] down_proj, ~1.6 ms a token over 30 layers), so they stay as they are.
-    Prefill GEMMs are unaffected. Tied parameters are one tensor, done once.
-    """
-    seen: set[int] = set()
-    for param in model.parameters():
-        if param.dim() == 2 and id(param) not in seen and param.shape[0] >= param.shape[1]:
-            seen.add(id(param))
-            param.data = param.data.t().contiguous().t()
-
-
-# Steps with at most this many tokens (single-sequence decode) run on one CPU thread:
-# they are bound by memory bandwidth, which one core already saturates here, and a
-# second thread only adds a synchronisation to every one of ~900 small ops (measured
-# on the default model: 46 ms per token on one thread, 50 ms on two). Larger steps
-# (batched decode, prefill) are compute-bound and use every thread.
-SMALL_STEP_TOKENS = 2
 
 
 class ModelRunner:
@@ -77,7 +53,8 @@ class ModelRunner:
         self.kv_cache: torch.Tensor | None = None  # [2, L, num_blocks, block_size, Hkv, D]
         self.save_thread: threading.Thread | None = None  # saving prepared weights
         self.opened_files: list[Path] = []  # the weight files load_weights() read
-        self._threads = torch.get_num_threads()
+        # CPU weights are split into one block per thread (layers/cpu_layout.py)
+        self.decode_parts = decode_parts(ctx.world_size, self.device.type)
 
     @property
     def kv_spec(self) -> KVCacheSpec:
@@ -114,11 +91,24 @@ class ModelRunner:
         self.opened_files = load_weights(model, self.model_dir)
         model.process_weights_after_loading()
         if self.device.type == "cpu":
-            _transpose_storage(model)
+            apply_decode_layout(model, self.decode_parts)
         self.model = model.eval()
         if folder is not None:
             self.save_thread = save_prepared_async(model, folder)
         return "checkpoint"
+
+    def bind_compute_thread(self) -> None:
+        """Give the calling thread, the one that runs every step, this rank's CPU threads.
+
+        Call it first thing in the step loop's thread; every other thread of the process
+        keeps one torch thread (``rt_start_workers`` and the rank main set that). Each
+        thread that runs a parallel torch op owns an OpenMP team for as long as it
+        lives, and once libgomp manages more threads than there are cores it wakes its
+        workers by futex instead of spinning: with the driver's main thread holding a
+        team, SmolLM2's decode step on 2 cores went from ~33 to ~50 ms.
+        """
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads_per_rank(self.ctx.world_size))
 
     def param_bytes(self) -> int:
         """Bytes of parameters this rank holds (tied parameters counted once)."""
@@ -151,10 +141,6 @@ class ModelRunner:
                 f"seq {step.seq_ids[i]} reaches position {int(ends[i])}, past max_model_len="
                 f"{self.model_config.max_model_len} of this model"
             )
-        if self.device.type == "cpu" and self._threads > 1:
-            wanted = 1 if step.num_tokens <= SMALL_STEP_TOKENS else self._threads
-            if torch.get_num_threads() != wanted:
-                torch.set_num_threads(wanted)
         input_ids = as_long(step.token_ids).to(self.device)  # [T]
         meta = build_attention_metadata(step, self.block_size, self.device)
         hidden = self.model(input_ids, meta)  # [T, H]

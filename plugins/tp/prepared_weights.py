@@ -1,15 +1,17 @@
 """Prepared weights: each rank's parameters saved exactly as the runner holds them.
 
 Loading a checkpoint means slicing each tensor for this rank, merging q/k/v and
-gate/up, permuting q/k rows for rotary, and (on CPU) re-laying matrices out
-column-major; for SmolLM2 that is ~1.1 s of copying. The first start does it and
+gate/up, permuting q/k rows for rotary, and (on CPU) re-laying matrices out for the
+decode step (layers/cpu_layout.py); for SmolLM2 that is ~1.1 s of copying. The first start does it and
 then saves the result (in a background thread, off the critical path) under
 ``<rt cache>/prepared/``; every later start maps that file and hands the
 memory-mapped tensors straight to the model: no copy at all.
 
-The cache key covers the checkpoint files (name, size, mtime), the TP size and
-rank, dtype, device type and this module's layout version, so any change to the
-checkpoint or to rt's layout builds a new entry.
+Each tensor is saved as the contiguous memory it has (``cpu_layout.storage_form``)
+with a layout tag in the file's metadata that turns it back into a view. The cache
+key covers the checkpoint files (name, size, mtime), the TP size and rank, dtype,
+device type, CPU split count and the layout version, so any change to the checkpoint
+or to rt's layout builds a new entry.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 from rt.plugins.tp.build_once import build_once
+from rt.plugins.tp.layers.cpu_layout import from_storage, logical_shape, storage_form
 from rt.plugins.tp.loader import replace_parameters
 from rt.plugins.tp.weights_plan import LAYOUT_VERSION, PREPARED_FILE
 from safetensors import safe_open
@@ -39,13 +42,12 @@ def load_prepared(model: nn.Module, path: Path, device: torch.device) -> bool:
     with safe_open(path, framework="pt", device="cpu") as f:
         if set(f.keys()) != set(params):
             return False
-        transposed = set(json.loads((f.metadata() or {}).get("transposed", "[]")))
+        layouts = json.loads((f.metadata() or {}).get("layouts", "{}"))
         tensors = {}
         for name in params:
-            t = f.get_tensor(name)  # a view of the mapped file, no copy
-            if name in transposed:
-                t = t.t()
-            if tuple(t.shape) != tuple(params[name].shape):
+            # a view of the mapped file, no copy
+            t = from_storage(f.get_tensor(name), layouts.get(name, ""))
+            if logical_shape(t) != tuple(params[name].shape):
                 return False
             tensors[id(params[name])] = t if device.type == "cpu" else t.to(device)
     replace_parameters(model, lambda p: tensors[id(p)])
@@ -55,15 +57,12 @@ def load_prepared(model: nn.Module, path: Path, device: torch.device) -> bool:
 def save_prepared_async(model: nn.Module, folder: Path) -> threading.Thread:
     """Save the model's parameters for the next start, in a daemon thread."""
     tensors: dict[str, torch.Tensor] = {}
-    transposed: list[str] = []
+    layouts: dict[str, str] = {}
     for name, p in model.named_parameters():
-        t = p.data.detach().cpu()
-        if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
-            tensors[name] = t.t()  # column-major storage is saved as its contiguous transpose
-            transposed.append(name)
-        else:
-            tensors[name] = t.contiguous()
-    metadata = {"transposed": json.dumps(transposed), "layout": str(LAYOUT_VERSION)}
+        tensors[name], tag = storage_form(p.data.detach().cpu())
+        if tag:
+            layouts[name] = tag
+    metadata = {"layouts": json.dumps(layouts), "layout": str(LAYOUT_VERSION)}
 
     def build(tmp: Path) -> None:
         from safetensors.torch import save_file

@@ -47,14 +47,9 @@ def rank_main(spec: RankSpec, conn: Connection | None) -> None:
         _die_with_parent()
     import torch
     from rt.core.startup import create_runtime, run_startup
-    from rt.plugins.tp.distributed import (
-        destroy_distributed,
-        init_distributed,
-        pick_device,
-        threads_per_rank,
-    )
+    from rt.plugins.tp.distributed import destroy_distributed, init_distributed, pick_device
 
-    torch.set_num_threads(threads_per_rank(spec.world_size))
+    torch.set_num_threads(1)  # the step loop takes the rank's threads (bind_compute_thread)
     runtime = None
     try:
         device = pick_device(spec.rank)
@@ -100,6 +95,7 @@ def _serve_steps(runtime) -> None:
         raise RuntimeError(
             "a worker rank needs a metadata channel; the metadata-broadcast stage was skipped"
         )
+    runner.bind_compute_thread()
     while True:
         message = channel.recv()
         if isinstance(message, StepMetadata):

@@ -17,9 +17,10 @@ from pathlib import Path
 from rt.core.errors import ModelError
 from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.build_once import MARKER
+from rt.plugins.tp.cores import decode_parts
 
-# Bump when the prepared layout changes (see prepared_weights.py).
-LAYOUT_VERSION = 2
+# Bump when the prepared layout changes (see prepared_weights.py and layers/cpu_layout.py).
+LAYOUT_VERSION = 3
 PREPARED_FILE = "weights.safetensors"
 
 
@@ -58,7 +59,9 @@ def prepared_dir(
     """Where one rank's prepared weights live, whether or not they exist yet.
 
     ``dtype`` is a name ("float32"); the key covers the checkpoint files (name, size,
-    mtime), the TP size, dtype, device type and the layout version.
+    mtime), the TP size, dtype, device type, the layout version and how many blocks
+    CPU weights are split into (one per thread of the rank: a machine with another
+    core count builds its own entry).
     """
     model_dir = Path(model_dir).resolve()
     files = [*checkpoint_files(model_dir), model_dir / "config.json"]
@@ -69,6 +72,7 @@ def prepared_dir(
         "dtype": dtype,
         "device": device_type,
         "layout": LAYOUT_VERSION,
+        "parts": decode_parts(world_size, device_type),
     }
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return rt_cache_dir() / "prepared" / f"{model_dir.name}-{key}" / f"rank{rank}-of-{world_size}"

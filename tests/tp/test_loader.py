@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from rt.core.errors import ModelError
+from rt.plugins.tp.layers.cpu_layout import logical
 from rt.plugins.tp.layers.linear import QKVParallelLinear, RowParallelLinear
 from rt.plugins.tp.model_runner import ModelRunner
 from rt.plugins.tp.parallel import ParallelContext
@@ -28,7 +29,8 @@ def load(path, ctx=None, dtype=torch.float32) -> ModelRunner:
 
 
 def state(runner: ModelRunner) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in runner.model.state_dict().items()}
+    # the [out, in] matrices, whatever decode layout the CPU runner keeps them in
+    return {k: logical(v).clone() for k, v in runner.model.state_dict().items()}
 
 
 def rewrite(src, dst, edit) -> None:

@@ -7,7 +7,7 @@ The vocabulary is split in ``ceil(V / tp)`` rows per rank; the last rank's tail 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from rt.plugins.tp.layers.cpu_layout import embedding, linear
 from rt.plugins.tp.layers.weight_source import WeightSource, check_shape, read_narrow
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
@@ -35,17 +35,21 @@ class VocabParallelEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # input_ids: [T] -> [T, H]
         if self.ctx.world_size == 1:
-            return F.embedding(input_ids, self.weight)
+            return embedding(input_ids, self.weight)
         owned = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)
         local_ids = torch.where(owned, input_ids - self.vocab_start, 0)
-        y = F.embedding(local_ids, self.weight).masked_fill_(~owned.unsqueeze(-1), 0)
+        y = embedding(local_ids, self.weight).masked_fill_(~owned.unsqueeze(-1), 0)
         return self.ctx.all_reduce(y)
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Projects hidden states to logits; every rank returns the full-vocabulary logits."""
+    """Projects hidden states to logits; every rank returns the full-vocabulary logits.
+
+    A tied embedding shares this weight, so it is looked up in the head's layout."""
+
+    decode_layout = True  # CPU ranks re-lay the weight out after loading (cpu_layout.py)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, H] -> local: [N, V_local] -> logits: [N, V]
-        local = F.linear(hidden, self.weight)
+        local = linear(hidden, self.weight, None)
         return self.ctx.all_gather_last_dim(local)[..., : self.num_embeddings]

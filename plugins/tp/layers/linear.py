@@ -9,7 +9,7 @@ that reads only this rank's slice of the checkpoint tensor ``src``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from rt.plugins.tp.layers.cpu_layout import linear
 from rt.plugins.tp.layers.weight_source import WeightSource, check_shape, read_narrow
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
@@ -21,6 +21,8 @@ def divide(numerator: int, denominator: int) -> int:
 
 
 class LinearBase(nn.Module):
+    decode_layout = True  # CPU ranks re-lay the weight out after loading (cpu_layout.py)
+
     def __init__(self, ctx: ParallelContext, input_size: int, output_size: int, bias: bool) -> None:
         super().__init__()
         self.ctx = ctx
@@ -57,7 +59,7 @@ class ColumnParallelLinear(LinearBase):
         self._load_rows(param.data, src, rows * self.tp_size, param.dim() == 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -124,5 +126,5 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, I_local] -> y: [T, O]
-        y = F.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
+        y = linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
         return self.ctx.all_reduce(y)

@@ -1,0 +1,81 @@
+"""The CPU decode layout: split, column- and row-major weights compute exactly what
+the plain ``[out, in]`` matrix does, and prepared weights map back to the same layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rt.plugins.tp.layers.cpu_layout import (
+    embedding,
+    from_storage,
+    linear,
+    logical,
+    logical_shape,
+    split_weight,
+    storage_form,
+)
+from rt.plugins.tp.model_runner import ModelRunner
+from rt.plugins.tp.parallel import ParallelContext
+
+from .tiny_models import write_checkpoint
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(192, 64), (64, 192), (96, 96), (100, 64)])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_linear_in_every_layout_matches_f_linear(parts, shape, tokens):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(shape, generator=gen)
+    b = torch.randn(shape[0], generator=gen)
+    x = torch.randn(tokens, shape[1], generator=gen)
+    laid = split_weight(w, parts)
+    assert torch.equal(logical(laid), w)
+    assert logical_shape(laid) == shape
+    for bias in (None, b):
+        torch.testing.assert_close(linear(x, laid, bias), F.linear(x, w, bias))
+
+
+def test_split_layout_depends_on_shape_and_divisibility():
+    tall, wide = torch.randn(192, 64), torch.randn(64, 192)
+    assert split_weight(tall, 2).shape == (2, 64, 96) and split_weight(tall, 2).is_contiguous()
+    # wide blocks stay row-major: the [P, in, h] view of contiguous [P, h, in] blocks
+    assert split_weight(wide, 2).shape == (2, 192, 32)
+    assert split_weight(wide, 2).transpose(1, 2).is_contiguous()
+    assert split_weight(torch.randn(100, 64), 3).dim() == 2  # 100 rows do not split in 3
+    assert split_weight(torch.randn(40, 64), 2).dim() == 2  # 20-column blocks are too narrow
+    assert split_weight(tall, 1).t().is_contiguous()  # one part: column-major
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_embedding_reads_rows_from_a_split_head(parts):
+    w = torch.randn(256, 48)
+    ids = torch.tensor([0, 5, 127, 128, 255, 5])
+    assert torch.equal(embedding(ids, split_weight(w, parts)), w[ids])
+
+
+@pytest.mark.parametrize("shape", [(192, 64), (64, 192)])
+@pytest.mark.parametrize("parts", [1, 2])
+def test_storage_form_round_trips_as_a_view(shape, parts):
+    laid = split_weight(torch.randn(shape), parts)
+    stored, tag = storage_form(laid)
+    assert stored.is_contiguous() and stored.data_ptr() == laid.data_ptr()
+    back = from_storage(stored, tag)
+    assert back.shape == laid.shape and back.stride() == laid.stride()
+
+
+def test_prepared_weights_keep_the_layout_and_the_logits(tmp_path, monkeypatch):
+    monkeypatch.setenv("RT_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir = write_checkpoint("llama_gqa_tied", tmp_path / "m")
+    runs = []
+    for expected in ("checkpoint", "prepared"):
+        runner = ModelRunner(model_dir, ParallelContext.single(), torch.float32, "cpu")
+        assert runner.load_weights(use_prepared=True) == expected
+        if runner.save_thread is not None:
+            runner.save_thread.join()
+        runs.append(runner)
+    first, second = (dict(r.model.named_parameters()) for r in runs)
+    for name, p in first.items():
+        q = second[name]
+        assert q.shape == p.shape and q.stride() == p.stride(), name
+        assert torch.equal(q, p), name
