@@ -39,7 +39,11 @@ class MetadataChannel(Protocol):
         ...
 
     def recv(self) -> Message:
-        """Ranks other than the driver: block until the next message."""
+        """Ranks other than the driver: block until the next message.
+
+        A channel may decode a step in place: its arrays are then views of the
+        channel's buffer, valid until the next ``recv``. Use ``step.owned()`` to keep one.
+        """
         ...
 
     def close(self) -> None: ...

@@ -26,6 +26,11 @@ STEP_SCHEMA_VERSION = 2
 
 # Typecodes of the arrays: seq ids are int64, everything else int32 ("sample" is int8).
 SEQ_ID_TYPE, INT_TYPE, FLAG_TYPE = "q", "i", "b"
+_ARRAY_FIELDS = {
+    "seq_ids": SEQ_ID_TYPE, "token_counts": INT_TYPE, "start_positions": INT_TYPE,
+    "num_generated": INT_TYPE, "sample": FLAG_TYPE, "sampling_index": INT_TYPE,
+    "table_lens": INT_TYPE, "token_ids": INT_TYPE, "block_ids": INT_TYPE,
+}  # fmt: skip
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -104,6 +109,10 @@ class StepMetadata:
     the sequences' new tokens and block tables back to back, in sequence order.
     Sequences may share one :class:`SamplingParams` record.
 
+    A step a rank receives may hold ``memoryview`` s of the same typecodes instead of
+    arrays, viewing the channel's buffer and valid until the rank's next ``recv``;
+    :meth:`owned` copies them.
+
     Example::
 
         step = StepMetadata.from_seqs(7, [SeqStep(seq_id=1, token_ids=(5, 6), start_pos=0,
@@ -162,6 +171,16 @@ class StepMetadata:
             )
             t, b = t + n, b + m
         return tuple(out)
+
+    def owned(self) -> StepMetadata:
+        """This step with arrays of its own: keep (or pickle) this, not a received step
+        whose arrays are views of a channel buffer that the next message reuses."""
+        copies = {}
+        for name, code in _ARRAY_FIELDS.items():
+            values = array(code)
+            values.frombytes(memoryview(getattr(self, name)).cast("B"))
+            copies[name] = values
+        return attrs.evolve(self, **copies)
 
     def sampled_params(self) -> tuple[list[SamplingParams], list[int]]:
         """Sampling params and ``num_generated`` of the sequences with ``sample`` set,

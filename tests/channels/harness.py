@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 from rt.core.channel import ControlMessage
+from rt.core.step import StepMetadata
 
 
 def _build(kind: str, group: Any, rank: int, world: int, hostname: str | None) -> Any:
@@ -51,6 +52,8 @@ def _rank(kind: str, rank: int, world: int, port: int, hostname: str | None, con
                 except Exception as e:
                     conn.send(("error", f"{type(e).__name__}: {e}"))
                     break
+                if isinstance(message, StepMetadata):
+                    message = message.owned()  # a received step may view the channel's buffer
                 conn.send(("ok", message))
                 if isinstance(message, ControlMessage) and message.kind == "shutdown":
                     break

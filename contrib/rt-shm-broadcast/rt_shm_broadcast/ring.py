@@ -4,15 +4,17 @@ Segment layout (every word a native, 8-byte aligned uint64)::
 
     control page (4096 bytes)
         word 0 magic | 1 layout | 2 slots | 3 frame bytes | 4 readers | 5 writer pid | 6 closed
-        reader i: word 8 + 8*i = messages it has consumed, word 9 + 8*i = its pid
+        reader i: word 8 + 8*i = messages it has released, word 9 + 8*i = its pid
                   (one 64-byte line per reader, so readers never write the same line)
     slot k at 4096 + k * stride: word 0 = the sequence number published in it (n + 1
         for message n), then the frame from byte 64
 
 Message n goes to slot ``n % slots``. The writer first waits until every reader
-has consumed message ``n - slots`` (so it never overwrites an unread slot), writes
+has released message ``n - slots`` (so it never overwrites a slot in use), writes
 the frame, and stores the sequence number last. A reader spins until its slot's
-number is ``n + 1``, decodes, re-checks the number, and stores its consumed count.
+number is ``n + 1`` and decodes the frame in place (the step's arrays are views of the
+slot); it releases message ``n`` only when it asks for message ``n + 1``, so a step
+stays intact while the rank runs it.
 x86-64 keeps stores in order and an aligned 8-byte store through a ``memoryview``
 is one instruction, so a reader that sees the number sees the whole frame. In the
 fast path nothing makes a syscall: waiting spins, then yields, then sleeps with
@@ -38,6 +40,10 @@ CONTROL_BYTES = 4096
 SLOT_HEADER = 64
 MAX_READERS = (CONTROL_BYTES // 64) - 1
 SPIN_CHECKS = 2000  # ~50-100 us of pure spinning before yielding the core
+# When every rank of the ring has a core of its own, a reader spins (no syscall) for
+# ~1 ms: a frame that arrives while it is in the sched_yield phase below takes ~10 us
+# longer to decode (each syscall costs the process its warm caches and predictors).
+SPIN_CHECKS_OWN_CORE = 30000
 YIELD_S = 0.002  # then sched_yield for this long
 MAX_SLEEP_S = 0.0005  # then sleep, doubling up to this
 LIVENESS_S = 0.25  # how often a waiting side checks that its peers are alive
@@ -91,8 +97,11 @@ class Ring:
         ]
         self._ack_words = [8 + 8 * i for i in range(self.num_readers)]
         self.reader = reader
-        self.count = 0  # messages published (writer) or consumed (this reader)
+        self.count = 0  # messages published (writer) or received (this reader)
         self._free_until = self.num_slots  # writer: messages it may publish without checking
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        own_core = self.num_readers + 1 <= cores
+        self._spin_checks = SPIN_CHECKS_OWN_CORE if own_core else SPIN_CHECKS
         if reader is not None:
             w[9 + 8 * reader] = os.getpid()
 
@@ -160,7 +169,7 @@ class Ring:
         return min(w[i] for i in self._ack_words)
 
     def _wait_free(self, n: int) -> None:
-        need = n - self.num_slots + 1  # every reader must have consumed message n - slots
+        need = n - self.num_slots + 1  # every reader must have released message n - slots
         for _ in range(SPIN_CHECKS // 8):
             low = self._min_ack()
             if low >= need:
@@ -184,20 +193,22 @@ class Ring:
     # -- reader ---------------------------------------------------------------
 
     def receive(self, read: Callable[[memoryview], object]) -> object:
-        """Wait for the next message, let ``read`` decode it, acknowledge it."""
+        """Release the previous message, wait for the next, let ``read`` decode it.
+
+        What ``read`` returns may be views of the slot: valid until the next call."""
         n = self.count
         k = n % self.num_slots
         word, w = self._seq_word[k], self.words
+        w[8 + 8 * self.reader] = n  # release message n - 1: the writer may reuse its slot
         if w[word] != n + 1:
-            for _ in range(SPIN_CHECKS):
+            for _ in range(self._spin_checks):
                 if w[word] == n + 1:
                     break
             else:
                 self._wait(lambda: w[word] == n + 1, self._check_writer)
         message = read(self.slots[k])
-        assert w[word] == n + 1, "the writer overwrote a slot before every reader consumed it"
+        assert w[word] == n + 1, "the writer overwrote a slot before every reader released it"
         self.count = n + 1
-        w[8 + 8 * self.reader] = n + 1
         return message
 
     def _check_writer(self) -> None:
