@@ -18,6 +18,7 @@ from rt_shm_broadcast.codec import (
     KIND_CONTROL,
     SAME_SAMPLING,
     FrameError,
+    _frame,
     decode_sampling,
     frame_header,
 )
@@ -85,20 +86,12 @@ class Decoder:
         else:
             sampling = self._read_records(buf, end, total, n_rec)
         if n:
-            if sum(counts) != n_tokens or sum(table_lens) != n_blocks:
-                raise FrameError(
-                    f"per-seq counts cover {sum(counts)} tokens and {sum(table_lens)} block "
-                    f"ids, the header says {n_tokens} and {n_blocks}"
-                )
-            # Every int32 per-seq value is >= 0: no little-endian sign byte has bit 7 set.
-            if not buf[per_seq:ints].tobytes()[3::4].isascii():
-                raise FrameError("frame has a negative count, position or index")
-            if max(index) >= len(sampling):
-                raise FrameError(
-                    f"a sampling index is outside the step's {len(sampling)} sampling records"
-                )
-            if sample.tobytes().translate(None, b"\x00\x01"):
-                raise FrameError("a sample flag is neither 0 nor 1")
+            if _frame is None:
+                problem = _seq_problem(buf, per_seq, ints, n, n_tokens, n_blocks, len(sampling))
+            else:
+                problem = _frame.check_seqs(buf, per_seq, n, n_tokens, n_blocks, len(sampling))
+            if problem:
+                _raise_seq_problem(problem, counts, table_lens, n_tokens, n_blocks, sampling)
         self._sampling = sampling
         return _new_step(
             ident, seq_ids, counts, starts, generated, sample, index, table_lens, tokens,
@@ -128,6 +121,40 @@ class Decoder:
         if off != end:
             raise FrameError(f"{end - off} stray bytes after the sampling records")
         return tuple(out)
+
+
+def _seq_problem(
+    buf: Any, per_seq: int, ints: int, n: int, n_tokens: int, n_blocks: int, n_sampling: int
+) -> int:
+    """The pure-Python ``_frame.check_seqs``: 0, or the code of what is wrong."""
+    i32 = buf[per_seq:ints].cast("i")
+    # Every int32 per-seq value is >= 0: no little-endian sign byte has bit 7 set.
+    if not buf[per_seq:ints].tobytes()[3::4].isascii():
+        return 3
+    if sum(i32[:n]) != n_tokens:
+        return 1
+    if sum(i32[4 * n :]) != n_blocks:
+        return 2
+    if max(i32[3 * n : 4 * n]) >= n_sampling:
+        return 4
+    if buf[ints : ints + n].tobytes().translate(None, b"\x00\x01"):
+        return 5
+    return 0
+
+
+def _raise_seq_problem(
+    problem: int, counts: Any, table_lens: Any, n_tokens: int, n_blocks: int, sampling: tuple
+) -> None:
+    if problem in (1, 2):
+        raise FrameError(
+            f"per-seq counts cover {sum(counts)} tokens and {sum(table_lens)} block "
+            f"ids, the header says {n_tokens} and {n_blocks}"
+        )
+    if problem == 3:
+        raise FrameError("frame has a negative count, position or index")
+    if problem == 4:
+        raise FrameError(f"a sampling index is outside the step's {len(sampling)} sampling records")
+    raise FrameError("a sample flag is neither 0 nor 1")
 
 
 def _decode_control(buf: Any, seq_id: int, code: int, total: int) -> ControlMessage:

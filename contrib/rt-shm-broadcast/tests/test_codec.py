@@ -13,10 +13,23 @@ from rt.core.errors import RtError
 from rt.core.step import SamplingParams, SeqStep, StepMetadata
 from tests.channels.strategies import control_messages, evolving_steps, step_metadata
 
+from rt_shm_broadcast import codec, decode
 from rt_shm_broadcast.codec import FRAME_ENV, HEADER_BYTES, Encoder, FrameError, FrameTooLarge
 from rt_shm_broadcast.decode import Decoder
 
 BUF = 1 << 20
+BUILT = codec._frame
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def implementation(request, monkeypatch):
+    """Every test runs against the C loops (_frame.c) and their pure-Python twins."""
+    if request.param == "c" and BUILT is None:
+        pytest.skip("rt_shm_broadcast._frame was not built (no C compiler at install)")
+    module = BUILT if request.param == "c" else None
+    monkeypatch.setattr(codec, "_frame", module)
+    monkeypatch.setattr(decode, "_frame", module)
+    return request.param
 
 
 def _step(n_seqs: int = 2, blocks: int = 4) -> StepMetadata:
