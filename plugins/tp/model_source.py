@@ -14,16 +14,15 @@ local Hugging Face cache, and the network is used only when ``allow_download`` i
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import attrs
 from rt.core.errors import ModelError
+from rt.plugins.tp.weights_plan import INDEX_FILE, checkpoint_files
 
 # What a hub download fetches: configs, tokenizer files, safetensors weights, chat templates.
 HUB_PATTERNS = ("*.json", "*.safetensors", "*.jinja")
-INDEX_FILE = "model.safetensors.index.json"
 # Optional files the tokenizer reads when present, in the order it reads them.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -99,30 +98,8 @@ def model_files(folder: Path) -> tuple[Path, ...]:
             f"model folder {folder} has no config.json; it is not a Hugging Face model folder"
         )
     index = folder / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise ModelError(
-                f"{index} is not a safetensors index ({e}); re-download the model"
-            ) from e
-        shards = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [s.name for s in shards if not s.is_file()]
-        if missing:
-            raise ModelError(
-                f"{folder} is missing weight shards {missing} listed in {INDEX_FILE}; "
-                "the download is incomplete: download the model again"
-            )
-        weights = [index, *shards]
-    elif (folder / "model.safetensors").is_file():
-        weights = [folder / "model.safetensors"]
-    else:
-        weights = sorted(folder.glob("*.safetensors"))
-    if not any(w.suffix == ".safetensors" for w in weights):
-        raise ModelError(
-            f"model folder {folder} has no *.safetensors weights; rt loads only safetensors "
-            "(convert .bin checkpoints with transformers' save_pretrained(safe_serialization=True))"
-        )
+    weights = [index] if index.is_file() else []
+    weights += checkpoint_files(folder)
     tokenizer = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
     return (config, *weights, *tokenizer)
 

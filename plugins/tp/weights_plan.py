@@ -24,21 +24,39 @@ LAYOUT_VERSION = 3
 PREPARED_FILE = "weights.safetensors"
 
 
+INDEX_FILE = "model.safetensors.index.json"
+
+
 def checkpoint_files(model_dir: str | Path) -> list[Path]:
-    """The safetensors files of a checkpoint: from the shard index, else the folder."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
+    """The safetensors files of a checkpoint: the shards its index lists, else
+    ``model.safetensors``, else every ``*.safetensors`` in the folder. The one reader of
+    the index: the model resolver, the prefetch and the loader all ask here."""
+    folder = Path(model_dir)
+    index = folder / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
-    else:
-        files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"no *.safetensors files in {str(model_dir)!r}")
-    for f in files:
-        if not f.is_file():
-            raise ModelError(f"checkpoint shard {str(f)!r} listed in {index.name} is missing")
-    return files
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelError(
+                f"{index} is not a safetensors index ({e}); re-download the model"
+            ) from e
+        shards = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise ModelError(
+                f"{folder} is missing weight shards {missing} listed in {INDEX_FILE}; "
+                "the download is incomplete: download the model again"
+            )
+        return shards
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise ModelError(
+            f"model folder {folder} has no *.safetensors weights; rt loads only safetensors "
+            "(convert .bin checkpoints with transformers' save_pretrained(safe_serialization=True))"
+        )
+    return shards
 
 
 def cuda_present() -> bool:

@@ -145,5 +145,5 @@ def test_folder_without_weights_or_config_is_an_error(qwen2_dir, tmp_path):
     with pytest.raises(ModelError, match="no config.json"):
         ModelRunner(tmp_path, ParallelContext.single())
     shutil.copy(qwen2_dir / "config.json", tmp_path / "config.json")
-    with pytest.raises(ModelError, match=r"no \*.safetensors files"):
+    with pytest.raises(ModelError, match=r"no \*.safetensors weights"):
         load(tmp_path)
