@@ -7,6 +7,10 @@ in the same invocation, the floor (``python -c "import torch"``), the baseline (
 same server with ``--sequential-startup`` and no prepared weights, see ``BASELINE``)
 and the fast path, and prints the ratios. ``--cold``
 first evicts the model's files from the page cache (``posix_fadvise(DONTNEED)``).
+
+The variants take turns, one run of each per round, so a machine whose speed drifts
+during the invocation slows every variant alike; after a cold run the model's files
+are read back into the page cache, so the next round's warm runs are warm.
 """
 
 from __future__ import annotations
@@ -128,6 +132,15 @@ def _model_files(cli: CliContext, args: argparse.Namespace) -> list[Path]:
     return files
 
 
+def _read_back(files: list[Path]) -> None:
+    """Read files whole (untimed), so the page cache holds them again after a cold run."""
+    buffer = memoryview(bytearray(8 << 20))
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -236,8 +249,13 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
         args.model, tps[0], extra, None
     )  # one untimed start: conversions and caches are made
     results: dict[str, Any] = {"machine": _machine(), "runs": args.runs, "variants": {}}
-    for name, fn in variants:
-        runs = [fn() for _ in range(args.runs)]
+    all_runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    for _ in range(args.runs):
+        for name, fn in variants:
+            all_runs[name].append(fn())
+            if cold_files is not None and name.endswith(" cold"):
+                _read_back(cold_files)
+    for name, runs in all_runs.items():
         summary = {"runs": runs, "first_completion_s": _median(runs, "first_completion_s")}
         if "ready_s" in runs[0]:
             summary["health_s"] = _median(runs, "health_s")

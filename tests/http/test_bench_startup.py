@@ -1,0 +1,40 @@
+"""``rt bench startup`` takes turns between its variants and re-warms the page cache
+after each cold run, so drift in the machine's speed does not bias the ratios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+
+from rt.plugins.bench import startup
+
+
+def test_variants_take_turns_and_cold_runs_are_read_back(monkeypatch, capsys, tmp_path):
+    order: list[str] = []
+    clock = iter(range(1, 1000))
+
+    def serve_once(model, tp, extra, cold):
+        kind = "cold" if cold else ("sequential" if "--sequential-startup" in extra else "fast")
+        order.append(f"{kind}{tp}")
+        t = float(next(clock))
+        return {"health_s": t, "ready_s": t, "first_completion_s": t, "stages": {"warmup": 0.1}}
+
+    def floor_once():
+        order.append("floor")
+        return {"first_completion_s": float(next(clock))}
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"w" * 100)
+    monkeypatch.setattr(startup, "serve_once", serve_once)
+    monkeypatch.setattr(startup, "floor_once", floor_once)
+    monkeypatch.setattr(startup, "_model_files", lambda cli, args: [weights])
+    monkeypatch.setattr(startup, "_read_back", lambda files: order.append("read-back"))
+    args = argparse.Namespace(model=None, tp="1", runs=2, cold=True, compare=True, json=True)
+    cli = types.SimpleNamespace(early=argparse.Namespace(plugins=None, set=None, profile=None))
+
+    assert startup.bench_startup(args, cli) == 0
+    one_round = ["floor", "sequential1", "fast1", "cold1", "read-back"]
+    assert order == ["fast1", *one_round, *one_round]  # an untimed start, then two rounds
+    out = json.loads(capsys.readouterr().out)
+    assert [r["first_completion_s"] for r in out["variants"]["tp=1 fast"]["runs"]] == [4.0, 8.0]
