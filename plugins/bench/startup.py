@@ -9,8 +9,10 @@ and the fast path, and prints the ratios. ``--cold``
 first evicts the model's files from the page cache (``posix_fadvise(DONTNEED)``).
 
 The variants take turns, one run of each per round, so a machine whose speed drifts
-during the invocation slows every variant alike; after a cold run the model's files
-are read back into the page cache, so the next round's warm runs are warm.
+during the invocation slows every variant alike. Before each warm run the model's files
+(checkpoint and prepared weights) are read into the page cache, untimed: taking turns
+means another variant's files were read last, and this VM reclaims page cache that has
+sat unused for a few seconds.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def _model_files(cli: CliContext, args: argparse.Namespace) -> list[Path]:
 
 
 def _read_back(files: list[Path]) -> None:
-    """Read files whole (untimed), so the page cache holds them again after a cold run."""
+    """Read files whole (untimed), so the page cache holds them for a warm run."""
     buffer = memoryview(bytearray(8 << 20))
     for path in files:
         with open(path, "rb", buffering=0) as f:
@@ -250,11 +252,12 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
     )  # one untimed start: conversions and caches are made
     results: dict[str, Any] = {"machine": _machine(), "runs": args.runs, "variants": {}}
     all_runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    model_files = cold_files if cold_files is not None else _model_files(cli, args)
     for _ in range(args.runs):
         for name, fn in variants:
+            if not name.endswith(" cold"):
+                _read_back(model_files)  # warm means warm, whatever ran before
             all_runs[name].append(fn())
-            if cold_files is not None and name.endswith(" cold"):
-                _read_back(cold_files)
     for name, runs in all_runs.items():
         summary = {"runs": runs, "first_completion_s": _median(runs, "first_completion_s")}
         if "ready_s" in runs[0]:
