@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 from rt.core import RtError
 from rt.core.cli import add_startup_options
 from rt.core.cli_context import CliContext
+from rt.core.host import usable_cores
 
 
 def register(subparsers: Any) -> None:
@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     with open("/proc/meminfo") as f:
         total_kib = int(f.readline().split()[1])
     return {

@@ -136,11 +136,11 @@ def _model_files(cli: CliContext, args: argparse.Namespace) -> list[Path]:
 
 def _read_back(files: list[Path]) -> None:
     """Read files whole (untimed), so the page cache holds them for a warm run."""
-    buffer = memoryview(bytearray(8 << 20))
+    from rt.core.host import READ_CHUNK, read_whole
+
+    buffer = memoryview(bytearray(READ_CHUNK))
     for path in files:
-        with open(path, "rb", buffering=0) as f:
-            while f.readinto(buffer):
-                pass
+        read_whole(path, buffer)
 
 
 def _free_port() -> int:

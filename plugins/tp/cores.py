@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
+from rt.core.host import usable_cores
 
 
 def threads_per_rank(world_size: int) -> int:
     """Split the CPU cores between the ranks of this node, so they do not oversubscribe."""
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    return max(1, cores // world_size)
+    return max(1, usable_cores() // world_size)
 
 
 def decode_parts(world_size: int, device_type: str) -> int:

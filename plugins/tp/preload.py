@@ -32,7 +32,6 @@ ENGINE_MODULES = (
 # Commands that start an engine in this process: worth importing torch for at CLI entry.
 ENGINE_COMMANDS = ("serve", "generate", "worker")
 FORKSERVER_PRELOAD = ["torch", "rt.plugins.tp.rank_main", "rt.plugins.tp.model_runner"]
-CHUNK = 8 * 1024 * 1024
 
 
 def _background(runtime: Any, plugin: str, work: Any, *args: Any) -> threading.Thread | None:
@@ -162,18 +161,17 @@ def _available_bytes() -> int:
 
 
 def prefetch_model(config: Any) -> dict[str, Any]:
+    from rt.core.host import READ_CHUNK, read_whole
+
     budget = int(_available_bytes() * config.preload.prefetch_max_fraction)
     files = files_to_prefetch(config)
     done, total = [], 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(READ_CHUNK))
     for path in files:
         size = path.stat().st_size
         if total + size > budget:
             break  # reading more than memory holds would evict what was just read
-        with open(path, "rb", buffering=0) as f:
-            while f.readinto(view):
-                pass
+        read_whole(path, view)
         total += size
         done.append(str(path))
     return {"bytes": total, "files": done, "skipped": len(files) - len(done)}

@@ -14,9 +14,9 @@
 #define NUM_ARRAYS 9
 #define PER_SEQ_ARRAYS 7 /* the first seven arrays have one entry per sequence */
 
-/* write_arrays(buf, offset, arrays, formats, n) -> end offset, or -(i + 1) when array i
- * has the wrong typecode, or -100 - i when per-sequence array i does not hold n entries.
- * Raises ValueError when the arrays do not fit in buf. */
+/* write_arrays(buf, offset, arrays, formats, n) -> end offset, or -1 when an array has
+ * the wrong typecode or a per-sequence one does not hold n entries (the caller's Python
+ * check then says which). Raises ValueError when the arrays do not fit in buf. */
 static PyObject *write_arrays(PyObject *self, PyObject *args) {
     Py_buffer dst;
     Py_ssize_t offset, n;
@@ -38,19 +38,16 @@ static PyObject *write_arrays(PyObject *self, PyObject *args) {
         if (PyObject_GetBuffer(PyTuple_GET_ITEM(arrays, i), &views[i],
                                PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
             PyErr_Clear();
-            result = -(i + 1);
+            result = -1;
             goto done;
         }
         acquired++;
         const char *f = views[i].format ? views[i].format : "B";
         if (f[0] == '@' || f[0] == '<' || f[0] == '=')
             f++;
-        if (f[0] != formats[i] || f[1] != '\0') {
-            result = -(i + 1);
-            goto done;
-        }
-        if (i < PER_SEQ_ARRAYS && views[i].len != n * views[i].itemsize) {
-            result = -100 - i;
+        if (f[0] != formats[i] || f[1] != '\0' ||
+            (i < PER_SEQ_ARRAYS && views[i].len != n * views[i].itemsize)) {
+            result = -1;
             goto done;
         }
         total += views[i].len;

@@ -101,12 +101,11 @@ class Decoder:
     def _read_records(self, buf: Any, off: int, end: int, count: int) -> tuple[SamplingParams, ...]:
         out = []
         for _ in range(count):
-            if off + 4 > end:
-                raise FrameError("sampling records truncated")
-            (length,) = _U32.unpack_from(buf, off)
-            if off + 4 + length > end:
-                raise FrameError(f"sampling record of {length} bytes runs past the frame")
-            key = bytes(buf[off + 4 : off + 4 + length])
+            start, stop = _field(
+                buf, off, end, "sampling records truncated",
+                "sampling record of {} bytes runs past the frame",
+            )  # fmt: skip
+            key = bytes(buf[start:stop])
             sp = self._records.get(key)
             if sp is None:
                 try:
@@ -117,10 +116,21 @@ class Decoder:
                     self._records.clear()
                 self._records[key] = sp
             out.append(sp)
-            off += 4 + length
+            off = stop
         if off != end:
             raise FrameError(f"{end - off} stray bytes after the sampling records")
         return tuple(out)
+
+
+def _field(buf: Any, off: int, end: int, truncated: str, overrun: str) -> tuple[int, int]:
+    """Bounds ``(start, stop)`` of the u32-length-prefixed field at ``off``, which must
+    end by ``end``; ``overrun`` may name the length with ``{}``."""
+    if off + 4 > end:
+        raise FrameError(truncated)
+    (length,) = _U32.unpack_from(buf, off)
+    if off + 4 + length > end:
+        raise FrameError(overrun.format(length))
+    return off + 4, off + 4 + length
 
 
 def _seq_problem(
@@ -165,17 +175,13 @@ def _decode_control(buf: Any, seq_id: int, code: int, total: int) -> ControlMess
     schema, count = struct.unpack_from("<iI", buf, HEADER_BYTES)
     off = HEADER_BYTES + 8
     names = []
+    truncated = "control frame truncated in its plugin names"
     for _ in range(count):
-        if off + 4 > total:
-            raise FrameError("control frame truncated in its plugin names")
-        (length,) = _U32.unpack_from(buf, off)
-        if off + 4 + length > total:
-            raise FrameError("control frame truncated in its plugin names")
+        start, off = _field(buf, off, total, truncated, truncated)
         try:
-            names.append(bytes(buf[off + 4 : off + 4 + length]).decode("utf-8"))
+            names.append(bytes(buf[start:off]).decode("utf-8"))
         except UnicodeDecodeError as e:
             raise FrameError(f"control frame plugin name is not UTF-8: {e}") from None
-        off += 4 + length
     if off != total:
         raise FrameError(f"{total - off} stray bytes after the control message")
     return ControlMessage(

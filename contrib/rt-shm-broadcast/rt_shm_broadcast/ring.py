@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from rt.core import shm
 from rt.core.errors import EngineDead, RtError
+from rt.core.host import usable_cores
 
 SHM_DIR = shm.SHM_DIR
 PREFIX = "rt-shm-"
@@ -99,8 +100,7 @@ class Ring:
         self.reader = reader
         self.count = 0  # messages published (writer) or received (this reader)
         self._free_until = self.num_slots  # writer: messages it may publish without checking
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        own_core = self.num_readers + 1 <= cores
+        own_core = self.num_readers + 1 <= usable_cores()
         self._spin_checks = SPIN_CHECKS_OWN_CORE if own_core else SPIN_CHECKS
         if reader is not None:
             w[9 + 8 * reader] = os.getpid()

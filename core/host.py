@@ -1,0 +1,23 @@
+"""What this host offers the processes rt starts: usable CPU cores, the page cache (no torch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+READ_CHUNK = 8 * 1024 * 1024  # large sequential reads: the page cache fills at disk speed
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def read_whole(path: str | Path, buffer: memoryview) -> None:
+    """Read a file end to end through ``buffer`` (reused by the caller), so the page
+    cache holds it; the bytes themselves are not kept."""
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buffer):
+            pass
