@@ -28,7 +28,7 @@ from rt_shm_broadcast.ring import ChannelClosed, Ring, remove_stale
 
 SLOTS_ENV = "RT_SHM_BROADCAST_SLOTS"
 DEFAULT_FRAME_BYTES = 1 << 20  # 256 seqs with 1k block ids each, with room to spare
-DEFAULT_SLOTS = 8
+DEFAULT_SLOTS = 4
 
 
 def _env_int(name: str, default: int, low: int) -> int:

@@ -9,15 +9,19 @@ buffer the caller owns (a ring-buffer slot or a preallocated tensor)::
     step     the step's arrays, each copied whole (one memcpy per array):
              seq_ids q[n] | token_counts i[n] | start_positions i[n]
              | num_generated i[n] | sampling_index i[n] | table_lens i[n]
-             | sample b[n] | token_ids i[tokens] | block_ids i[blocks]
+             | sample b[n], zero-padded to a multiple of 8 | token_ids i[tokens]
+             | block_ids i[blocks]
              | sampling records (u32 length + fixed part, stop ids, stop strings)
+             The 48-byte header and the padding start every array at a multiple of
+             its item size, so a reader's views are slices of the buffer cast once.
     control  kind code in ``n_seqs``, seq id in the id field;
              body: schema_version i, then the plugin names as u32 length + UTF-8
 
 Because :class:`~rt.core.step.StepMetadata` is columnar, encoding and decoding cost
-the same handful of copies for 1 sequence or 64: no per-sequence Python work. The
-copies and the per-sequence checks run in C (``_frame.c``) when the package was built
-with a compiler, else in the equivalent Python below. The
+the same handful of copies for 1 sequence or 64: no per-sequence Python work. When
+the package was built with a compiler, the usual step (well-formed, sampling records
+unchanged) is written and read by one C call each (``_frame.c``); everything else,
+and every error message, goes through the Python below, which defines the layout. The
 one piece of state: when a step's sampling records equal the previous frame's (the
 usual decode step), the frame sets ``SAME_SAMPLING`` and carries none, and the
 decoder reuses its previous tuple. The channel delivers every frame to every reader
@@ -40,10 +44,10 @@ except ImportError:  # pragma: no cover - depends on the build
     _frame = None
 
 MAGIC = b"RTSB"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 FRAME_ENV = "RT_SHM_BROADCAST_FRAME_BYTES"
 
-_HEADER = struct.Struct("<4sHHBBHqIIIIII")
+_HEADER = struct.Struct("<4sHHBBHqIIIIII4x")  # 48 bytes: arrays start 8-aligned
 HEADER_BYTES = _HEADER.size
 KIND_STEP, KIND_CONTROL = 1, 2
 SAME_SAMPLING = 1  # header flag: the step's sampling records are the previous frame's
@@ -51,16 +55,12 @@ _CONTROL_KINDS = ("ping", "shutdown", "abort")
 # The typecodes of the step's arrays, in frame order: seq_ids, token_counts,
 # start_positions, num_generated, sampling_index, table_lens, sample, token_ids, block_ids.
 STEP_TYPECODES = ("q", "i", "i", "i", "i", "i", "b", "i", "i")
-_PER_SEQ_BYTES = 8 + 5 * 4 + 1
 _SAMPLING = struct.Struct(
     "<ddqqqiBII"
 )  # temp, top_p, top_k, seed, max_tokens, logprobs, flags, n_stop_ids, n_stop
 _U32 = struct.Struct("<I")
 _HAS_SEED, _IGNORE_EOS, _WANT_LOGPROBS = 1, 2, 4
 _CACHE_LIMIT = 4096
-
-
-_TYPECODES = "".join(STEP_TYPECODES)
 
 
 def _check_arrays(step: StepMetadata, arrays: tuple, n: int) -> None:
@@ -179,57 +179,65 @@ class Encoder:
         )
 
     def _encode_step(self, step: StepMetadata, buf: Any) -> int:
-        arrays = (
-            step.seq_ids, step.token_counts, step.start_positions, step.num_generated,
-            step.sampling_index, step.table_lens, step.sample, step.token_ids, step.block_ids,
-        )  # fmt: skip
-        try:
-            n, n_tokens, n_blocks = len(arrays[0]), len(arrays[7]), len(arrays[8])
-        except TypeError:
-            n = n_tokens = n_blocks = -1
-        if _frame is None or n < 0:
-            _check_arrays(step, arrays, n)
         sampling = step.sampling
         same = self._sampling is not None and (
             sampling is self._sampling or sampling == self._sampling
         )
         records = b"" if same else b"".join(map(self._record, sampling))
         n_records = 0 if same else len(sampling)
-        body = n * _PER_SEQ_BYTES + 4 * (n_tokens + n_blocks)
-        total = HEADER_BYTES + body + len(records)
-        if total > len(buf):
-            raise _too_large(
-                f"step {step.step_id} ({n} seqs, {n_blocks} block ids)", total, len(buf)
-            )
-        try:
-            _HEADER.pack_into(
-                buf, 0, MAGIC, LAYOUT_VERSION, step.version, KIND_STEP,
-                SAME_SAMPLING if same else 0, 0, step.step_id, total, n, n_tokens, n_blocks,
-                n_records, len(records),
-            )  # fmt: skip
-        except struct.error as e:
-            raise FrameError(f"step id {step.step_id} does not fit the frame ({e})") from None
+        flags = SAME_SAMPLING if same else 0
+        end = -1
         if _frame is not None:
-            try:
-                end = _frame.write_arrays(buf, HEADER_BYTES, arrays, _TYPECODES, n)
-            except ValueError as e:  # the header's counts were checked against buf above
-                raise FrameError(f"step {step.step_id}: {e}") from None
-            if end < 0:
-                _check_arrays(step, arrays, n)  # raises the error that explains it
-                raise FrameError(f"step {step.step_id}: its arrays do not fit the layout")
-        else:
-            # One join of the small arrays, then the two long ones straight into the
-            # frame: a copy per array costs ~0.3 us of Python, a byte ~0.03 ns.
-            head = b"".join(arrays[:7])
-            off = HEADER_BYTES + len(head)
-            buf[HEADER_BYTES:off] = head
-            end = off + 4 * n_tokens
-            buf[off:end] = memoryview(arrays[7]).cast("B")
-            off, end = end, end + 4 * n_blocks
-            buf[off:end] = memoryview(arrays[8]).cast("B")
+            end = _frame.write_step(buf, step, flags, n_records, len(records))
+        if end < 0:  # not the C call's case: write (or refuse) it here
+            end = _write_step(step, buf, flags, n_records, len(records))
+        total = end + len(records)
         buf[end:total] = records
         self._sampling = sampling
         return total
+
+
+def step_body_bytes(n: int, n_tokens: int, n_blocks: int) -> int:
+    """Bytes of a step's arrays in the frame, padding included."""
+    return 29 * n + _pad8(n) + 4 * (n_tokens + n_blocks)
+
+
+def _pad8(n: int) -> int:
+    return -n % 8
+
+
+def _write_step(step: StepMetadata, buf: Any, flags: int, n_records: int, record_bytes: int) -> int:
+    """Write the header and arrays of ``step``; return where its sampling records go."""
+    arrays = (
+        step.seq_ids, step.token_counts, step.start_positions, step.num_generated,
+        step.sampling_index, step.table_lens, step.sample, step.token_ids, step.block_ids,
+    )  # fmt: skip
+    try:
+        n, n_tokens, n_blocks = len(arrays[0]), len(arrays[7]), len(arrays[8])
+    except TypeError:
+        n = -1
+    _check_arrays(step, arrays, n)
+    end = HEADER_BYTES + step_body_bytes(n, n_tokens, n_blocks)
+    if end + record_bytes > len(buf):
+        raise _too_large(
+            f"step {step.step_id} ({n} seqs, {n_blocks} block ids)", end + record_bytes, len(buf)
+        )
+    try:
+        _HEADER.pack_into(
+            buf, 0, MAGIC, LAYOUT_VERSION, step.version, KIND_STEP, flags, 0, step.step_id,
+            end + record_bytes, n, n_tokens, n_blocks, n_records, record_bytes,
+        )  # fmt: skip
+    except struct.error as e:
+        raise FrameError(f"step id {step.step_id} does not fit the frame ({e})") from None
+    # One join of the small arrays, then the two long ones straight into the frame:
+    # a copy per array costs ~0.3 us of Python, a byte ~0.03 ns.
+    head = b"".join(arrays[:7]) + bytes(_pad8(n))
+    off = HEADER_BYTES + len(head)
+    buf[HEADER_BYTES:off] = head
+    buf[off : off + 4 * n_tokens] = memoryview(arrays[7]).cast("B")
+    off += 4 * n_tokens
+    buf[off:end] = memoryview(arrays[8]).cast("B")
+    return end
 
 
 def _encode_control(msg: ControlMessage, buf: Any) -> int:

@@ -7,12 +7,11 @@ from typing import Any
 
 import attrs
 from rt.core.channel import ControlMessage, Message
-from rt.core.step import SamplingParams, StepMetadata
+from rt.core.step import STEP_SCHEMA_VERSION, SamplingParams, StepMetadata
 
 from rt_shm_broadcast.codec import (
     _CACHE_LIMIT,
     _CONTROL_KINDS,
-    _PER_SEQ_BYTES,
     _U32,
     HEADER_BYTES,
     KIND_CONTROL,
@@ -21,6 +20,7 @@ from rt_shm_broadcast.codec import (
     _frame,
     decode_sampling,
     frame_header,
+    step_body_bytes,
 )
 
 
@@ -39,6 +39,7 @@ def _step_factory() -> Any:
 
 
 _new_step = _step_factory()
+_VIEW_CACHE = 64  # buffers whose casts a decoder keeps (a ring has 8 slots)
 
 
 class Decoder:
@@ -48,36 +49,50 @@ class Decoder:
         self._sampling: tuple[SamplingParams, ...] | None = None
         # Record bytes -> params: a sequence's params are decoded (and validated) once.
         self._records: dict[bytes, SamplingParams] = {}
+        self._views: dict[int, tuple[memoryview, tuple]] = {}  # id(buf) -> (buf, casts)
 
     def decode(self, buf: Any) -> Message:
-        """Decode the frame at the start of ``buf`` (it may be longer than the frame)."""
+        """Decode the frame at the start of ``buf`` (it may be longer than the frame).
+
+        A step's arrays are views of ``buf``, valid while its contents are (the ring
+        keeps a slot intact until this rank asks for the next message)."""
         if not isinstance(buf, memoryview):
             buf = memoryview(buf)
+        casts = self._casts(buf)
+        if _frame is not None:
+            step = _frame.read_step(buf, *casts, STEP_SCHEMA_VERSION, self._sampling, _new_step)
+            if step is not None:  # the usual step: its sampling records are the last ones
+                return step
+        return self._decode(buf, casts)
+
+    def _casts(self, buf: memoryview) -> tuple[memoryview, memoryview, memoryview]:
+        """``buf`` cast to int64, int32 and int8, made once per buffer: every array
+        of a frame is then one slice of one of them."""
+        hit = self._views.get(id(buf))
+        if hit is not None and hit[0] is buf:
+            return hit[1]
+        size = buf.nbytes
+        casts = (buf[: size // 8 * 8].cast("q"), buf[: size // 4 * 4].cast("i"), buf.cast("b"))
+        if len(self._views) >= _VIEW_CACHE:
+            self._views.clear()
+        self._views[id(buf)] = (buf, casts)  # holding buf keeps its id from being reused
+        return casts
+
+    def _decode(self, buf: memoryview, casts: tuple) -> Message:
         fields = frame_header(buf)
         _, _, schema, kind, flags, _, ident, total, n, n_tokens, n_blocks, n_rec, rec_bytes = fields
         if kind == KIND_CONTROL:
             return _decode_control(buf, ident, n, total)
-        body = n * _PER_SEQ_BYTES + 4 * (n_tokens + n_blocks)
-        if HEADER_BYTES + body + rec_bytes != total:
+        end = HEADER_BYTES + step_body_bytes(n, n_tokens, n_blocks)
+        if end + rec_bytes != total:
             raise FrameError(
                 f"frame counts ({n} seqs, {n_tokens} tokens, {n_blocks} block ids, "
                 f"{rec_bytes} sampling bytes) do not add up to its {total} bytes"
             )
-        per_seq = HEADER_BYTES + 8 * n  # the five int32 arrays after seq_ids
-        ints = per_seq + 20 * n
-        # Views of the frame, no copies: the ring keeps the slot intact until this rank
-        # asks for the next message (~9 us less per 64-sequence step than copying).
-        off, end = ints + n, ints + n + 4 * n_tokens
-        seq_ids = buf[HEADER_BYTES:per_seq].cast("q")
-        i32 = buf[per_seq:ints].cast("i")
-        counts, starts, generated = i32[:n], i32[n : 2 * n], i32[2 * n : 3 * n]
-        index, table_lens = i32[3 * n : 4 * n], i32[4 * n :]
-        sample = buf[ints : ints + n].cast("b")
-        tokens = buf[off:end].cast("i")
-        off, end = end, end + 4 * n_blocks
-        blocks = buf[off:end].cast("i")
+        if flags & ~SAME_SAMPLING:
+            raise FrameError(f"unknown frame flags {flags:#x}")
         if flags & SAME_SAMPLING:
-            if self._sampling is None or n_rec:
+            if self._sampling is None or n_rec or rec_bytes:
                 raise FrameError(
                     "frame reuses sampling records this rank never received "
                     "(a frame was lost or read out of order)"
@@ -85,17 +100,21 @@ class Decoder:
             sampling = self._sampling
         else:
             sampling = self._read_records(buf, end, total, n_rec)
+        as_q, as_i, as_b = casts
+        ints = HEADER_BYTES + 8 * n  # the five int32 arrays after seq_ids
+        i0, t0 = ints // 4, (ints + 21 * n + (-n % 8)) // 4
+        counts, starts, generated, index, table_lens = (
+            as_i[i0 + k * n : i0 + (k + 1) * n] for k in range(5)
+        )
         if n:
-            if _frame is None:
-                problem = _seq_problem(buf, per_seq, ints, n, n_tokens, n_blocks, len(sampling))
-            else:
-                problem = _frame.check_seqs(buf, per_seq, n, n_tokens, n_blocks, len(sampling))
+            problem = _seq_problem(buf, ints, n, n_tokens, n_blocks, len(sampling))
             if problem:
                 _raise_seq_problem(problem, counts, table_lens, n_tokens, n_blocks, sampling)
         self._sampling = sampling
         return _new_step(
-            ident, seq_ids, counts, starts, generated, sample, index, table_lens, tokens,
-            blocks, sampling, schema,
+            ident, as_q[HEADER_BYTES // 8 : HEADER_BYTES // 8 + n], counts, starts, generated,
+            as_b[ints + 20 * n : ints + 21 * n], index, table_lens, as_i[t0 : t0 + n_tokens],
+            as_i[t0 + n_tokens : t0 + n_tokens + n_blocks], sampling, schema,
         )  # fmt: skip
 
     def _read_records(self, buf: Any, off: int, end: int, count: int) -> tuple[SamplingParams, ...]:
@@ -133,13 +152,13 @@ def _field(buf: Any, off: int, end: int, truncated: str, overrun: str) -> tuple[
     return off + 4, off + 4 + length
 
 
-def _seq_problem(
-    buf: Any, per_seq: int, ints: int, n: int, n_tokens: int, n_blocks: int, n_sampling: int
-) -> int:
-    """The pure-Python ``_frame.check_seqs``: 0, or the code of what is wrong."""
-    i32 = buf[per_seq:ints].cast("i")
+def _seq_problem(buf: Any, ints: int, n: int, n_tokens: int, n_blocks: int, n_sampling: int) -> int:
+    """0, or the code of what is wrong with the per-sequence arrays (``_frame.c``'s
+    read_step makes the same checks)."""
+    flags = ints + 20 * n
+    i32 = buf[ints:flags].cast("i")
     # Every int32 per-seq value is >= 0: no little-endian sign byte has bit 7 set.
-    if not buf[per_seq:ints].tobytes()[3::4].isascii():
+    if not buf[ints:flags].tobytes()[3::4].isascii():
         return 3
     if sum(i32[:n]) != n_tokens:
         return 1
@@ -147,7 +166,7 @@ def _seq_problem(
         return 2
     if max(i32[3 * n : 4 * n]) >= n_sampling:
         return 4
-    if buf[ints : ints + n].tobytes().translate(None, b"\x00\x01"):
+    if buf[flags : flags + n].tobytes().translate(None, b"\x00\x01"):
         return 5
     return 0
 

@@ -129,6 +129,61 @@ def test_a_sample_flag_other_than_0_or_1_is_rejected():
         Decoder().decode(buf)
 
 
+def _primed(n_seqs: int = 2) -> tuple[Decoder, bytearray, StepMetadata]:
+    """A decoder that has read one frame, and the next frame (same sampling records:
+    the usual decode step, which the C path reads) in ``buf``."""
+    enc, dec, buf = Encoder(), Decoder(), bytearray(BUF)
+    first = _step(n_seqs)
+    dec.decode(buf[: enc.encode(first, buf)])
+    second = attrs.evolve(_step(n_seqs), step_id=8)
+    enc.encode(second, buf)
+    return dec, buf, second
+
+
+def test_the_usual_step_takes_one_c_call_each_way(implementation, monkeypatch):
+    if implementation != "c":
+        pytest.skip("the C path")
+    dec, buf, second = _primed(64)
+    monkeypatch.setattr(codec, "_write_step", None)  # the Python writer must not run
+    monkeypatch.setattr(Decoder, "_decode", None)  # nor the Python reader
+    out = dec.decode(buf)
+    assert out == second and isinstance(out.block_ids, memoryview)
+    enc, again = Encoder(), bytearray(BUF)
+    enc._sampling = second.sampling  # as after the first frame
+    length = enc.encode(second, again)
+    assert again[:length] == buf[:length]
+
+
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "match"),
+    [
+        (0, "4s", b"XXXX", "magic"),
+        (4, "H", 99, "layout v99"),
+        (6, "H", 99, "step schema v99"),
+        (9, "B", 3, "unknown frame flags"),
+        (28, "I", 1, "do not add up"),
+        (36, "I", 1, "never received"),  # "same records" yet a record count
+        (HEADER_BYTES + 2 * 8, "i", 3, "per-seq counts"),
+        (HEADER_BYTES + 2 * 8 + 2 * 4, "i", -1, "negative"),
+        (HEADER_BYTES + 2 * 8 + 6 * 4, "i", 5, "sampling index"),
+        (HEADER_BYTES + 2 * 8 + 10 * 4, "b", 7, "sample flag"),
+    ],
+)
+def test_a_malformed_usual_step_gets_the_same_error_either_way(offset, fmt, value, match):
+    dec, buf, _ = _primed()
+    struct.pack_into("<" + fmt, buf, offset, value)
+    with pytest.raises(FrameError, match=match):
+        dec.decode(buf)
+
+
+def test_a_truncated_usual_step_is_rejected():
+    dec, buf, second = _primed(64)
+    length = HEADER_BYTES + codec.step_body_bytes(64, 128, 256)
+    with pytest.raises(FrameError, match="truncated"):
+        dec.decode(bytes(buf[: length - 4]))
+    assert dec.decode(bytes(buf[:length])) == second
+
+
 def test_a_delta_without_its_base_is_rejected():
     enc, buf = Encoder(), bytearray(BUF)
     enc.encode(_step(), buf)
