@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <structmember.h>
 #include <string.h>
 
 #define NUM_ARRAYS 9
@@ -44,6 +45,52 @@
 static const char *FORMATS = "qiiiiibii"; /* frame order, as codec.STEP_TYPECODES */
 static PyObject *ARRAY_NAMES[NUM_ARRAYS];  /* StepMetadata field names, frame order */
 static PyObject *STEP_ID, *VERSION;
+
+/* StepMetadata's fields in order (decode.py checks them against attrs at import), and
+ * where each lives in an instance: read_step fills a new one as object.__new__ plus
+ * the slot descriptors' __set__ would (the frozen record has no __init__ work to skip
+ * besides that), without twelve Python-level calls. */
+#define NUM_FIELDS 12
+static const char *FIELDS[NUM_FIELDS] = {
+    "step_id",    "seq_ids",   "token_counts", "start_positions", "num_generated", "sample",
+    "sampling_index", "table_lens", "token_ids", "block_ids",       "sampling",      "version"};
+static PyTypeObject *step_type;
+static Py_ssize_t field_offsets[NUM_FIELDS];
+
+/* Learn where the slots of `type` are; 0, or -1 with TypeError when it is not a
+ * slotted class with exactly these object fields. */
+static int learn_step_type(PyObject *type) {
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "read_step needs the StepMetadata class");
+        return -1;
+    }
+    for (int i = 0; i < NUM_FIELDS; i++) {
+        PyObject *d = PyObject_GetAttrString(type, FIELDS[i]);
+        if (!d)
+            return -1;
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            field_offsets[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", ((PyTypeObject *)type)->tp_name,
+                         FIELDS[i]);
+            return -1;
+        }
+    }
+    Py_XSETREF(step_type, (PyTypeObject *)Py_NewRef(type));
+    return 0;
+}
+
+static PyObject *new_step(PyObject *const *values) {
+    PyObject *step = step_type->tp_alloc(step_type, 0);
+    if (!step)
+        return NULL;
+    for (int i = 0; i < NUM_FIELDS; i++)
+        *(PyObject **)((char *)step + field_offsets[i]) = Py_NewRef(values[i]);
+    return step;
+}
 
 static Py_ssize_t pad8(Py_ssize_t n) { return (8 - n % 8) % 8; }
 
@@ -156,30 +203,82 @@ static PyObject *view(PyObject *whole, Py_ssize_t lo, Py_ssize_t len) {
     return PySequence_GetSlice(whole, lo, lo + len);
 }
 
-/* read_step(buf, as_q, as_i, as_b, schema, sampling, new_step) -> new_step(step id,
- * the nine arrays as views, sampling, schema), or None: not handled here (a control
+/* The per-buffer cache read_step keeps (a list the caller makes once per buffer). */
+enum { C_AS_Q, C_AS_I, C_AS_B, C_N, C_TOKENS, C_BLOCKS, C_VIEWS, C_LEN = C_VIEWS + NUM_ARRAYS };
+
+/* Store the views of a frame of n sequences, n_tokens tokens and n_blocks block ids in
+ * the cache, reusing those of the last frame read from this buffer where its counts
+ * match (a decode batch keeps its size for many steps, so usually only the block ids'
+ * view is new, or none). Returns 0, or -1 (no error set) when a view is out of range. */
+static int cache_views(PyObject *cache, Py_ssize_t n, Py_ssize_t n_tokens, Py_ssize_t n_blocks) {
+    PyObject *fresh[NUM_ARRAYS] = {NULL};
+    int first = NUM_ARRAYS, same_n = PyLong_AsSsize_t(PyList_GET_ITEM(cache, C_N)) == n &&
+                                    PyLong_AsSsize_t(PyList_GET_ITEM(cache, C_TOKENS)) == n_tokens;
+    if (same_n)
+        first = PyLong_AsSsize_t(PyList_GET_ITEM(cache, C_BLOCKS)) == n_blocks ? NUM_ARRAYS : 8;
+    else
+        first = 0;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t ints = HEADER_BYTES + 8 * n, i0 = ints / 4, t0 = (ints + 21 * n + pad8(n)) / 4;
+    PyObject *as_q = PyList_GET_ITEM(cache, C_AS_Q), *as_i = PyList_GET_ITEM(cache, C_AS_I);
+    for (int i = first; i < NUM_ARRAYS; i++) {
+        if (i == 0)
+            fresh[i] = view(as_q, HEADER_BYTES / 8, n);
+        else if (i < 6)
+            fresh[i] = view(as_i, i0 + (i - 1) * n, n);
+        else if (i == 6)
+            fresh[i] = view(PyList_GET_ITEM(cache, C_AS_B), ints + 20 * n, n);
+        else if (i == 7)
+            fresh[i] = view(as_i, t0, n_tokens);
+        else
+            fresh[i] = view(as_i, t0 + n_tokens, n_blocks);
+        if (!fresh[i]) {
+            for (int j = first; j < i; j++)
+                Py_DECREF(fresh[j]);
+            PyErr_Clear();
+            return -1;
+        }
+    }
+    for (int i = first; i < NUM_ARRAYS; i++)
+        PyList_SetItem(cache, C_VIEWS + i, fresh[i]); /* steals fresh[i], drops the old */
+    if (first < NUM_ARRAYS) {
+        PyList_SetItem(cache, C_N, PyLong_FromSsize_t(n));
+        PyList_SetItem(cache, C_TOKENS, PyLong_FromSsize_t(n_tokens));
+        PyList_SetItem(cache, C_BLOCKS, PyLong_FromSsize_t(n_blocks));
+    }
+    return PyErr_Occurred() ? (PyErr_Clear(), -1) : 0;
+}
+
+/* read_step(buf, cache, schema, sampling, step_type) -> a step_type (StepMetadata)
+ * of the step id, the nine arrays as views of buf, sampling and schema, or None: not handled here (a control
  * frame, a frame that carries sampling records, any problem at all); the caller's
- * Python path then decodes it or names the problem. as_q / as_i / as_b are buf cast
- * to int64 / int32 / int8 (the caller keeps them per buffer), so each array is one
- * slice: the layout starts every array at a multiple of its item size. sampling is
- * the previous frame's records (None before the first). */
+ * Python path then decodes it or names the problem. cache is the caller's list for
+ * this buffer: buf cast to int64, int32 and int8 (each array is one slice of one of
+ * them: the layout starts every array at a multiple of its item size), then the counts
+ * and views of the last frame read from it. sampling is the previous frame's records
+ * (None before the first). */
 static PyObject *read_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
+    if (nargs != 5 || !PyList_Check(args[1]) || PyList_GET_SIZE(args[1]) != C_LEN) {
         PyErr_SetString(PyExc_TypeError,
-                        "read_step(buf, as_q, as_i, as_b, schema, sampling, new_step)");
+                        "read_step(buf, cache: list of 15, schema, sampling, step_type)");
         return NULL;
     }
-    PyObject *sampling = args[5];
+    if ((PyObject *)step_type != args[4] && learn_step_type(args[4]) < 0)
+        return NULL;
+    PyObject *cache = args[1], *sampling = args[3];
     if (sampling == Py_None || !PyTuple_Check(sampling))
         Py_RETURN_NONE;
-    long schema = PyLong_AsLong(args[4]);
+    long schema = PyLong_AsLong(args[2]);
     if (schema == -1 && PyErr_Occurred())
         return NULL;
     Py_buffer src;
     if (PyObject_GetBuffer(args[0], &src, PyBUF_SIMPLE) < 0)
         return NULL;
     const char *p = (const char *)src.buf;
-    PyObject *result = NULL, *arrays[NUM_ARRAYS] = {NULL};
+    PyObject *result = NULL;
     uint16_t layout, frame_schema;
     int64_t ident;
     if (src.len < HEADER_BYTES)
@@ -214,34 +313,29 @@ static PyObject *read_step(PyObject *self, PyObject *const *args, Py_ssize_t nar
     for (Py_ssize_t k = 0; k < n; k++)
         if (flags[k] > 1)
             goto not_mine;
-    Py_ssize_t i0 = ints / 4, t0 = (ints + 20 * n + n + pad8(n)) / 4;
-    arrays[0] = view(args[1], HEADER_BYTES / 8, n);
-    for (int i = 1; i < 6; i++)
-        arrays[i] = view(args[2], i0 + (i - 1) * n, n);
-    arrays[6] = view(args[3], ints + 20 * n, n);
-    arrays[7] = view(args[2], t0, n_tokens);
-    arrays[8] = view(args[2], t0 + n_tokens, n_blocks);
-    for (int i = 0; i < NUM_ARRAYS; i++)
-        if (!arrays[i])
-            goto not_mine;
+    if (cache_views(cache, n, n_tokens, n_blocks) < 0)
+        goto not_mine;
+    PyObject *id_obj = PyLong_FromLongLong(ident);
+    if (!id_obj)
+        goto done;
     /* StepMetadata field order: step_id, seq_ids, token_counts, start_positions,
      * num_generated, sample, sampling_index, table_lens, token_ids, block_ids,
      * sampling, version; the frame's: seq_ids, counts, starts, generated, index,
      * table_lens, sample, token_ids, block_ids. */
-    PyObject *id_obj = PyLong_FromLongLong(ident);
-    if (!id_obj)
-        goto error;
-    PyObject *call[12] = {id_obj,    arrays[0], arrays[1], arrays[2], arrays[3], arrays[6],
-                          arrays[4], arrays[5], arrays[7], arrays[8], sampling,  args[4]};
-    result = PyObject_Vectorcall(args[6], call, 12, NULL);
+    static const int order[NUM_ARRAYS] = {0, 1, 2, 3, 6, 4, 5, 7, 8};
+    PyObject *call[12];
+    call[0] = id_obj;
+    for (int i = 0; i < NUM_ARRAYS; i++)
+        call[1 + i] = PyList_GET_ITEM(cache, C_VIEWS + order[i]);
+    call[10] = sampling;
+    call[11] = args[2];
+    result = new_step(call);
     Py_DECREF(id_obj);
-    goto error; /* result set (or NULL with the callee's error): release and return */
+    goto done; /* result set (or NULL with a MemoryError) */
 not_mine:
     PyErr_Clear();
     result = Py_NewRef(Py_None);
-error:
-    for (int i = 0; i < NUM_ARRAYS; i++)
-        Py_XDECREF(arrays[i]);
+done:
     PyBuffer_Release(&src);
     return result;
 }
@@ -257,14 +351,29 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_frame", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__frame(void) {
+    PyObject *mod = NULL, *fields = PyTuple_New(NUM_FIELDS);
+    if (!fields)
+        return NULL;
+    for (int i = 0; i < NUM_FIELDS; i++) {
+        PyObject *name = PyUnicode_FromString(FIELDS[i]);
+        if (!name)
+            goto fail;
+        PyTuple_SET_ITEM(fields, i, name);
+    }
     static const char *names[NUM_ARRAYS] = {
         "seq_ids",        "token_counts", "start_positions", "num_generated", "sampling_index",
         "table_lens",     "sample",       "token_ids",       "block_ids"};
     for (int i = 0; i < NUM_ARRAYS; i++)
         if (!(ARRAY_NAMES[i] = PyUnicode_InternFromString(names[i])))
-            return NULL;
+            goto fail;
     if (!(STEP_ID = PyUnicode_InternFromString("step_id")) ||
         !(VERSION = PyUnicode_InternFromString("version")))
-        return NULL;
-    return PyModule_Create(&module);
+        goto fail;
+    mod = PyModule_Create(&module);
+    if (mod && PyModule_AddObject(mod, "STEP_FIELDS", fields) == 0)
+        return mod; /* the module now holds fields */
+fail:
+    Py_XDECREF(mod);
+    Py_DECREF(fields);
+    return NULL;
 }

@@ -39,7 +39,12 @@ def _step_factory() -> Any:
 
 
 _new_step = _step_factory()
-_VIEW_CACHE = 64  # buffers whose casts a decoder keeps (a ring has 8 slots)
+if _frame is not None and _frame.STEP_FIELDS != tuple(f.name for f in attrs.fields(StepMetadata)):
+    raise ImportError(  # a build of _frame.c older than rt's StepMetadata: rebuild it
+        f"rt_shm_broadcast._frame fills StepMetadata fields {_frame.STEP_FIELDS}, rt has "
+        f"{tuple(f.name for f in attrs.fields(StepMetadata))}: reinstall rt-shm-broadcast"
+    )
+_VIEW_CACHE = 64  # buffers a decoder keeps casts and views for (a ring has a few slots)
 
 
 class Decoder:
@@ -49,7 +54,7 @@ class Decoder:
         self._sampling: tuple[SamplingParams, ...] | None = None
         # Record bytes -> params: a sequence's params are decoded (and validated) once.
         self._records: dict[bytes, SamplingParams] = {}
-        self._views: dict[int, tuple[memoryview, tuple]] = {}  # id(buf) -> (buf, casts)
+        self._views: dict[int, tuple[memoryview, list]] = {}  # id(buf) -> (buf, cache)
 
     def decode(self, buf: Any) -> Message:
         """Decode the frame at the start of ``buf`` (it may be longer than the frame).
@@ -58,25 +63,27 @@ class Decoder:
         keeps a slot intact until this rank asks for the next message)."""
         if not isinstance(buf, memoryview):
             buf = memoryview(buf)
-        casts = self._casts(buf)
+        cache = self._cache(buf)
         if _frame is not None:
-            step = _frame.read_step(buf, *casts, STEP_SCHEMA_VERSION, self._sampling, _new_step)
+            step = _frame.read_step(buf, cache, STEP_SCHEMA_VERSION, self._sampling, StepMetadata)
             if step is not None:  # the usual step: its sampling records are the last ones
                 return step
-        return self._decode(buf, casts)
+        return self._decode(buf, cache[:3])
 
-    def _casts(self, buf: memoryview) -> tuple[memoryview, memoryview, memoryview]:
-        """``buf`` cast to int64, int32 and int8, made once per buffer: every array
-        of a frame is then one slice of one of them."""
+    def _cache(self, buf: memoryview) -> list:
+        """Per buffer: ``buf`` cast to int64, int32 and int8 (made once; every array of
+        a frame is one slice of one of them), then the counts and nine views of the
+        last frame the C path read from it, which it reuses when the counts match."""
         hit = self._views.get(id(buf))
         if hit is not None and hit[0] is buf:
             return hit[1]
         size = buf.nbytes
-        casts = (buf[: size // 8 * 8].cast("q"), buf[: size // 4 * 4].cast("i"), buf.cast("b"))
+        cache = [buf[: size // 8 * 8].cast("q"), buf[: size // 4 * 4].cast("i"), buf.cast("b")]
+        cache += [-1, -1, -1] + [None] * 9
         if len(self._views) >= _VIEW_CACHE:
             self._views.clear()
-        self._views[id(buf)] = (buf, casts)  # holding buf keeps its id from being reused
-        return casts
+        self._views[id(buf)] = (buf, cache)  # holding buf keeps its id from being reused
+        return cache
 
     def _decode(self, buf: memoryview, casts: tuple) -> Message:
         fields = frame_header(buf)
