@@ -68,6 +68,7 @@ class StartupConfig:
 @attrs.frozen
 class PreloadConfig:
     import_modules: bool = attrs.field(default=True, validator=instance_of(bool))
+    torch_libraries: bool = attrs.field(default=True, validator=instance_of(bool))
     forkserver: bool = attrs.field(default=True, validator=instance_of(bool))
     prefetch: bool = attrs.field(default=True, validator=instance_of(bool))
     prefetch_max_fraction: float = attrs.field(default=0.5, validator=[ge(0.0)])

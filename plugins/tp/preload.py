@@ -1,7 +1,9 @@
 """The engine's ``preload`` hookimpls: three built-in plugins, each switchable.
 
 - ``preload-imports`` (``preload.import_modules``): import torch, tokenizers and the
-  engine's modules in a daemon thread, so the stages that need them find them loaded.
+  engine's modules in a daemon thread, so the stages that need them find them loaded;
+  torch's shared libraries are loaded first without the GIL (``torch_libs.py``,
+  ``preload.torch_libraries``).
 - ``preload-forkserver`` (``preload.forkserver``): start the forkserver that TP ranks
   are forked from, with those modules preloaded, so N ranks do not each pay the import.
 - ``preload-prefetch`` (``preload.prefetch``): read the files load-weights and the
@@ -67,7 +69,7 @@ class ImportModules:
     @hookimpl
     def rt_cli_start(self, command: str, config: Any) -> None:
         if command in ENGINE_COMMANDS and config.preload.import_modules and self._early is None:
-            self._early = _EarlyImport()
+            self._early = _EarlyImport(config.preload.torch_libraries)
 
     @hookimpl
     def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
@@ -75,18 +77,25 @@ class ImportModules:
             raise SkipStage("preload.import_modules is off")
         early, self._early = self._early, None
         if early is None:
-            return _background(runtime, "preload-imports", _import_all)
+            return _background(
+                runtime, "preload-imports", _import_all, config.preload.torch_libraries
+            )
         return _background(runtime, "preload-imports", early.record, runtime)
 
 
 class _EarlyImport:
     """The import thread started at CLI entry, and when it ran (for the timeline)."""
 
-    def __init__(self) -> None:
+    def __init__(self, torch_libraries: bool) -> None:
         import time
 
         self.start = time.time()
-        self.thread = threading.Thread(target=_import_all, name="rt-preload-imports", daemon=True)
+        self.notes: dict[str, Any] = {}
+        self.thread = threading.Thread(
+            target=lambda: self.notes.update(_import_all(torch_libraries)),
+            name="rt-preload-imports",
+            daemon=True,
+        )
         self.thread.start()
 
     def record(self, runtime: Any) -> dict[str, Any]:
@@ -96,13 +105,19 @@ class _EarlyImport:
         span = current_span()
         if span is not None:
             span.start = self.start  # the work began at CLI entry, before this stage
-        return {"modules": len(ENGINE_MODULES), "started": "at CLI entry"}
+        return {**self.notes, "started": "at CLI entry"}
 
 
-def _import_all() -> dict[str, Any]:
+def _import_all(torch_libraries: bool) -> dict[str, Any]:
+    notes: dict[str, Any] = {}
+    if torch_libraries:
+        from rt.plugins.tp.torch_libs import load_torch_libraries
+
+        notes["torch_libraries"] = load_torch_libraries()
     for name in ENGINE_MODULES:
         importlib.import_module(name)
-    return {"modules": len(ENGINE_MODULES)}
+    notes["modules"] = len(ENGINE_MODULES)
+    return notes
 
 
 class Forkserver:

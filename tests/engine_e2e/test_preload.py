@@ -50,7 +50,10 @@ def test_preload_work_shows_in_the_timeline(tiny_llama):
     runtime = start_runtime(tiny_llama)
     try:
         assert _hook_span(runtime, "preload-imports").outcome == "ok"
-        assert _task(runtime, "preload-imports").outcome == "ok"
+        imports = _task(runtime, "preload-imports")
+        assert imports.outcome == "ok"
+        # torch was imported by this test process already: nothing left to load early
+        assert imports.notes["torch_libraries"] == "torch was already imported"
         forkserver = _hook_span(runtime, "preload-forkserver")
         assert forkserver.outcome == "skipped" and "TP=1" in forkserver.reason
     finally:
@@ -77,3 +80,12 @@ def test_prefetch_reads_exactly_the_weight_files_load_weights_opens(
             assert {p.name for p in prefetched} >= {"config.json", "tokenizer.json"}
         finally:
             runtime.shutdown()  # waits for the prepared weights to be saved
+
+
+def test_loading_torch_libraries_early_can_be_switched_off(tiny_llama):
+    runtime = start_runtime(tiny_llama, ("preload.torch_libraries", "false"))
+    try:
+        imports = _task(runtime, "preload-imports")
+        assert imports.outcome == "ok" and "torch_libraries" not in imports.notes
+    finally:
+        runtime.shutdown()
