@@ -184,6 +184,40 @@ def test_a_truncated_usual_step_is_rejected():
     assert dec.decode(bytes(buf[:length])) == second
 
 
+def _outcome(decoder: Decoder, frame: bytes):
+    try:
+        return decoder.decode(frame)
+    except FrameError as e:
+        return FrameError, str(e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    step=step_metadata(),
+    edits=st.lists(st.tuples(st.floats(0, 0.999), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.none() | st.floats(0, 1),
+)
+def test_c_and_python_decoders_agree_on_damaged_usual_steps(step, edits, cut):
+    """read_step only accelerates: on any frame, damaged or cut short, it gives what the
+    Python decoder gives (the same step, or the same FrameError)."""
+    if codec._frame is None:
+        return  # the comparison needs the C module: the "c" instance makes it
+    enc, buf = Encoder(), bytearray(BUF)
+    first = bytes(buf[: enc.encode(step, buf)])
+    frame = bytearray(buf[: enc.encode(attrs.evolve(step, step_id=1), buf)])  # same records
+    for where, value in edits:
+        frame[int(where * len(frame))] = value
+    if cut is not None:
+        frame = frame[: int(cut * len(frame))]
+    results = []
+    for module in (BUILT, None):
+        decode._frame = module  # the fixture's monkeypatch restores it
+        dec = Decoder()
+        dec.decode(first)
+        results.append(_outcome(dec, bytes(frame)))
+    assert results[0] == results[1]
+
+
 def test_a_delta_without_its_base_is_rejected():
     enc, buf = Encoder(), bytearray(BUF)
     enc.encode(_step(), buf)
