@@ -38,6 +38,7 @@ POLL_S = 0.005
 # and the checkpoint is loaded and processed again instead of mapping prepared weights.
 BASELINE = ["--sequential-startup", "--set", "model.prepared_cache=false"]
 TIMEOUT_S = 600
+FLOOR = "floor: python -c 'import torch'"
 
 
 def register(subparsers: Any) -> None:
@@ -233,7 +234,7 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
     cold_files = _model_files(cli, args) if args.cold else None
     variants: list[tuple[str, Any]] = []
     if args.compare:
-        variants.append(("floor: python -c 'import torch'", floor_once))
+        variants.append((FLOOR, floor_once))
     for tp in tps:
         if args.compare:
             variants.append(
@@ -269,6 +270,7 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
             }
         results["variants"][name] = summary
     results["ratios"] = _ratios(results["variants"], tps)
+    results["ratios_paired"] = _paired_ratios(all_runs, tps)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -276,27 +278,39 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
     return 0
 
 
-def _ratios(v: dict[str, Any], tps: list[int]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    floor = v.get("floor: python -c 'import torch'")
+def _ratio_terms(names: set[str], tps: list[int]) -> list[tuple[str, str, str]]:
+    """(label, numerator variant, denominator variant) for each ratio the run can give."""
+    terms = []
     for tp in tps:
-        fast = v[f"tp={tp} fast"]["first_completion_s"]
-        if floor:
-            out[f"tp={tp} fast / floor"] = round(fast / floor["first_completion_s"], 2)
-        if f"tp={tp} sequential" in v:
-            out[f"tp={tp} sequential / fast"] = round(
-                v[f"tp={tp} sequential"]["first_completion_s"] / fast, 2
-            )
-        if f"tp={tp} fast cold" in v:
-            out[f"tp={tp} cold / warm"] = round(
-                v[f"tp={tp} fast cold"]["first_completion_s"] / fast, 2
-            )
-    if len(tps) > 1:
-        base = v[f"tp={tps[0]} fast"]["first_completion_s"]
-        for tp in tps[1:]:
-            out[f"tp={tp} / tp={tps[0]}"] = round(
-                v[f"tp={tp} fast"]["first_completion_s"] / base, 2
-            )
+        fast = f"tp={tp} fast"
+        if FLOOR in names:
+            terms.append((f"tp={tp} fast / floor", fast, FLOOR))
+        if f"tp={tp} sequential" in names:
+            terms.append((f"tp={tp} sequential / fast", f"tp={tp} sequential", fast))
+        if f"tp={tp} fast cold" in names:
+            terms.append((f"tp={tp} cold / warm", f"tp={tp} fast cold", fast))
+    for tp in tps[1:]:
+        terms.append((f"tp={tp} / tp={tps[0]}", f"tp={tp} fast", f"tp={tps[0]} fast"))
+    return terms
+
+
+def _ratios(v: dict[str, Any], tps: list[int]) -> dict[str, float]:
+    """Ratios of the variants' median first-completion times."""
+    return {
+        label: round(v[a]["first_completion_s"] / v[b]["first_completion_s"], 2)
+        for label, a, b in _ratio_terms(set(v), tps)
+    }
+
+
+def _paired_ratios(runs: dict[str, list[dict[str, Any]]], tps: list[int]) -> dict[str, float]:
+    """The median over rounds of each round's ratio. Every round runs each variant once,
+    so a machine whose speed drifts between rounds moves both sides of a round alike:
+    a check on the ratio of medians when the machine is noisy."""
+    key = "first_completion_s"
+    out = {}
+    for label, a, b in _ratio_terms(set(runs), tps):
+        pairs = zip(runs[a], runs[b], strict=True)  # every variant ran once per round
+        out[label] = round(statistics.median(x[key] / y[key] for x, y in pairs), 2)
     return out
 
 
@@ -315,5 +329,7 @@ def _print(r: dict[str, Any]) -> None:
         print(line)
         for stage, dur in s.get("stages", {}).items():
             print(f"      {stage:20s} {dur:.3f}")
+    paired = r.get("ratios_paired", {})
     for name, value in r["ratios"].items():
-        print(f"  {name}: {value}x")
+        also = f"  (median of per-round ratios {paired[name]}x)" if name in paired else ""
+        print(f"  {name}: {value}x{also}")

@@ -39,3 +39,20 @@ def test_variants_take_turns_and_warm_runs_start_warm(monkeypatch, capsys, tmp_p
     assert order == ["fast1", *one_round, *one_round]  # an untimed start, then two rounds
     out = json.loads(capsys.readouterr().out)
     assert [r["first_completion_s"] for r in out["variants"]["tp=1 fast"]["runs"]] == [4.0, 8.0]
+
+
+def test_paired_ratios_take_each_rounds_ratio_then_the_median():
+    def runs(*times):
+        return [{"first_completion_s": t} for t in times]
+
+    all_runs = {
+        startup.FLOOR: runs(1.0, 2.0, 4.0),
+        "tp=1 sequential": runs(3.0, 3.0, 12.0),
+        "tp=1 fast": runs(1.5, 2.0, 10.0),
+    }
+    # per round: fast / floor 1.5, 1.0, 2.5; sequential / fast 2.0, 1.5, 1.2
+    paired = startup._paired_ratios(all_runs, [1])
+    assert paired == {"tp=1 fast / floor": 1.5, "tp=1 sequential / fast": 1.5}
+    medians = {startup.FLOOR: 2.0, "tp=1 sequential": 3.0, "tp=1 fast": 2.0}
+    ratios = startup._ratios({k: {"first_completion_s": t} for k, t in medians.items()}, [1])
+    assert ratios == {"tp=1 fast / floor": 1.0, "tp=1 sequential / fast": 1.5}
