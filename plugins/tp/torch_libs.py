@@ -11,9 +11,12 @@ follows finds them loaded (the loader keeps one copy of each file) and skips tha
 
 It loads them as torch would: ``libtorch_global_deps`` with ``RTLD_GLOBAL`` (what
 ``torch/__init__.py`` does first), then ``libtorch_python`` with the flags Python
-imports extension modules with. Anything unusual (another platform, a build without
-these files, ``USE_RTLD_GLOBAL_WITH_LIBTORCH``, a library that fails to load) leaves
-it all to ``import torch``.
+imports extension modules with. A CUDA build gets only ``libtorch_cpu``, which needs
+no CUDA library: torch loads its CUDA libraries in an order of its own (it preloads
+some to work around wheels' library paths), which loading ``libtorch_python`` first
+would change. Anything unusual (another platform, a build without these files,
+``TORCH_USE_RTLD_GLOBAL``, a library that fails to load) leaves it all to
+``import torch``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import sys
 from pathlib import Path
 
 LIBRARIES = ("libtorch_global_deps.so", "libtorch_python.so")
+CUDA_LIBRARY = "libtorch_cuda.so"
+CPU_LIBRARY = "libtorch_cpu.so"
 
 
 def torch_library_dir() -> Path | None:
@@ -45,11 +50,21 @@ def load_torch_libraries() -> str:
     if os.environ.get("TORCH_USE_RTLD_GLOBAL"):
         return "skipped: TORCH_USE_RTLD_GLOBAL is set (torch loads them its own way)"
     lib = torch_library_dir()
-    if lib is None or not all((lib / name).is_file() for name in LIBRARIES):
-        return "skipped: this torch build has no " + " / ".join(LIBRARIES)
+    plan = libraries_to_load(lib) if lib is not None else []
+    if not plan:
+        return "skipped: this torch build has none of the expected libraries"
     try:
-        ctypes.CDLL(str(lib / LIBRARIES[0]), mode=ctypes.RTLD_GLOBAL)
-        ctypes.CDLL(str(lib / LIBRARIES[1]), mode=sys.getdlopenflags())
-    except OSError as e:  # e.g. CUDA libraries torch finds its own way: let it
+        for name, mode in plan:
+            ctypes.CDLL(str(lib / name), mode=mode)
+    except OSError as e:
         return f"left to import torch: {e}"
-    return "loaded without the GIL"
+    return "loaded without the GIL: " + ", ".join(name for name, _ in plan)
+
+
+def libraries_to_load(lib: Path) -> list[tuple[str, int]]:
+    """(file, dlopen mode) in load order for the torch build in ``lib``; [] for none."""
+    if (lib / CUDA_LIBRARY).is_file():
+        return [(CPU_LIBRARY, sys.getdlopenflags())] if (lib / CPU_LIBRARY).is_file() else []
+    if not all((lib / name).is_file() for name in LIBRARIES):
+        return []
+    return [(LIBRARIES[0], ctypes.RTLD_GLOBAL), (LIBRARIES[1], sys.getdlopenflags())]
