@@ -212,12 +212,11 @@ enum { C_AS_Q, C_AS_I, C_AS_B, C_N, C_TOKENS, C_BLOCKS, C_VIEWS, C_LEN = C_VIEWS
  * view is new, or none). Returns 0, or -1 (no error set) when a view is out of range. */
 static int cache_views(PyObject *cache, Py_ssize_t n, Py_ssize_t n_tokens, Py_ssize_t n_blocks) {
     PyObject *fresh[NUM_ARRAYS] = {NULL};
-    int first = NUM_ARRAYS, same_n = PyLong_AsSsize_t(PyList_GET_ITEM(cache, C_N)) == n &&
-                                    PyLong_AsSsize_t(PyList_GET_ITEM(cache, C_TOKENS)) == n_tokens;
-    if (same_n)
+    /* The first view to make: none, the block ids' only, or all nine. */
+    int first = 0;
+    if (PyLong_AsSsize_t(PyList_GET_ITEM(cache, C_N)) == n &&
+        PyLong_AsSsize_t(PyList_GET_ITEM(cache, C_TOKENS)) == n_tokens)
         first = PyLong_AsSsize_t(PyList_GET_ITEM(cache, C_BLOCKS)) == n_blocks ? NUM_ARRAYS : 8;
-    else
-        first = 0;
     if (PyErr_Occurred()) {
         PyErr_Clear();
         return -1;

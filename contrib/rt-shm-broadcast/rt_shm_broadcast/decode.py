@@ -18,6 +18,7 @@ from rt_shm_broadcast.codec import (
     SAME_SAMPLING,
     FrameError,
     _frame,
+    _pad8,
     decode_sampling,
     frame_header,
     step_body_bytes,
@@ -109,7 +110,7 @@ class Decoder:
             sampling = self._read_records(buf, end, total, n_rec)
         as_q, as_i, as_b = casts
         ints = HEADER_BYTES + 8 * n  # the five int32 arrays after seq_ids
-        i0, t0 = ints // 4, (ints + 21 * n + (-n % 8)) // 4
+        i0, t0 = ints // 4, (ints + 21 * n + _pad8(n)) // 4
         counts, starts, generated, index, table_lens = (
             as_i[i0 + k * n : i0 + (k + 1) * n] for k in range(5)
         )

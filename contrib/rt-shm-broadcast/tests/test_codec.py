@@ -18,6 +18,12 @@ from rt_shm_broadcast.codec import FRAME_ENV, HEADER_BYTES, Encoder, FrameError,
 from rt_shm_broadcast.decode import Decoder
 
 BUF = 1 << 20
+# (offset, struct format, value, what the error names): the header's first fields
+DAMAGED_HEADER_START = [
+    (0, "4s", b"XXXX", "magic"),
+    (4, "H", 99, "layout v99"),
+    (6, "H", 99, "step schema v99"),
+]
 BUILT = codec._frame
 
 
@@ -79,9 +85,7 @@ def test_truncated_frames_are_rejected(step, cut):
 @pytest.mark.parametrize(
     ("offset", "fmt", "value", "match"),
     [
-        (0, "4s", b"XXXX", "magic"),
-        (4, "H", 99, "layout v99"),
-        (6, "H", 99, "step schema v99"),
+        *DAMAGED_HEADER_START,
         (8, "B", 9, "unknown frame kind"),
         (24, "I", 2**20, "do not add up"),  # n_seqs far beyond the frame
         (28, "I", 1, "do not add up"),  # one token more than the per-seq counts
@@ -157,9 +161,7 @@ def test_the_usual_step_takes_one_c_call_each_way(implementation, monkeypatch):
 @pytest.mark.parametrize(
     ("offset", "fmt", "value", "match"),
     [
-        (0, "4s", b"XXXX", "magic"),
-        (4, "H", 99, "layout v99"),
-        (6, "H", 99, "step schema v99"),
+        *DAMAGED_HEADER_START,
         (9, "B", 3, "unknown frame flags"),
         (28, "I", 1, "do not add up"),
         (36, "I", 1, "never received"),  # "same records" yet a record count
