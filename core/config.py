@@ -56,6 +56,10 @@ class ParallelConfig:
     # All-reduce / all-gather through shared memory when every rank is a CPU rank on
     # this node (plugins/tp/shm_collectives.py); false: the gloo group's collectives.
     shm_collectives: bool = attrs.field(default=True, validator=instance_of(bool))
+    # Where rank 0 runs: "driver" (in the serving process: no extra hop, no extra
+    # process) or "process" (its own process, so the driver, which serves HTTP,
+    # tokenizes and schedules, never imports torch and its work overlaps the import).
+    rank0: str = attrs.field(default="driver", validator=in_(("driver", "process")))
 
 
 @attrs.frozen

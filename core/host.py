@@ -1,8 +1,10 @@
-"""What this host offers the processes rt starts: usable CPU cores, the page cache (no torch)."""
+"""What this host offers the processes rt starts: usable CPU cores, the page cache, a free
+port (no torch)."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 READ_CHUNK = 8 * 1024 * 1024  # large sequential reads: the page cache fills at disk speed
@@ -21,3 +23,10 @@ def read_whole(path: str | Path, buffer: memoryview) -> None:
     with open(path, "rb", buffering=0) as f:
         while f.readinto(buffer):
             pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

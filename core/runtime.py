@@ -35,6 +35,7 @@ class Runtime:
         rank: int = 0,
         world_size: int | None = None,
         timeline: Timeline | None = None,
+        driver: bool | None = None,
     ):
         self.config = config
         self.pm = pm
@@ -43,6 +44,7 @@ class Runtime:
         self.rank = rank
         self.world_size = config.parallel.tp if world_size is None else world_size
         self.timeline = timeline or Timeline(rank=rank)
+        self._driver = rank == 0 if driver is None else driver
         self.results: dict[str, Any] = {}
         self.services: dict[str, Any] = {}
         self.ready = threading.Event()
@@ -53,7 +55,9 @@ class Runtime:
 
     @property
     def is_driver(self) -> bool:
-        return self.rank == 0
+        """The serving process: rank 0 unless rank 0 runs in a process of its own
+        (``parallel.rank0 = "process"``), where that rank's runtime is not the driver."""
+        return self._driver
 
     def result(self, stage: str) -> Any:
         """What ``stage`` returned; an error if it has not finished or was skipped."""

@@ -26,13 +26,17 @@ def create_runtime(
     extra_plugins: Iterable[tuple[str, object]] = (),
     extra_stages: Sequence[Stage] = (),
     timeline: Timeline | None = None,
+    driver: bool | None = None,
 ) -> Runtime:
     """A runtime with a fresh plugin manager.
 
-    The driver runs every stage; a TP rank passes ``only_where="ranks"``; a
-    command that has no use for a stage passes ``exclude`` (``rt generate``
-    excludes ``frontend``).
+    The driver runs every stage (the ``ranks`` ones as rank 0), or only the
+    ``driver`` stages when rank 0 has a process of its own (``parallel.rank0 =
+    "process"``); a TP rank passes ``only_where="ranks"``; a command that has no
+    use for a stage passes ``exclude`` (``rt generate`` excludes ``frontend``).
     """
+    if only_where is None and config.parallel.rank0 == "process":
+        only_where = "driver"
     pm, stages = build_plugin_manager(selection, extra_plugins, extra_stages)
     excluded = set(exclude)
     keep = [
@@ -48,6 +52,7 @@ def create_runtime(
         rank=rank,
         world_size=world_size,
         timeline=timeline,
+        driver=driver,
     )
 
 

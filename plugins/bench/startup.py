@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -144,12 +143,6 @@ def _read_back(files: list[Path]) -> None:
         read_whole(path, buffer)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_once(
     model: str | None, tp: int, extra: list[str], cold_files: list[Path] | None
 ) -> dict[str, Any]:
@@ -157,7 +150,9 @@ def serve_once(
     if cold_files is not None:
         problems = evict(cold_files)
         evicted = "all" if not problems else f"failed for {len(problems)} files: {problems[0]}"
-    port = _free_port()
+    from rt.core.host import free_port
+
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

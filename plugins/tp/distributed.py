@@ -12,7 +12,6 @@ collectives interleaving on one group.
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from typing import Any
 
@@ -21,12 +20,6 @@ from rt.plugins.tp.weights_plan import cuda_present
 
 # Collectives that wait longer than this fail instead of hanging forever.
 COLLECTIVE_TIMEOUT = timedelta(seconds=120)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def pick_device(rank: int) -> torch.device:

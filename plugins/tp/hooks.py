@@ -4,8 +4,9 @@ This module is what the ``tp`` entry point names. It imports nothing heavy at
 import time (``rt plugins`` loads it); torch and the engine modules are imported
 inside the hooks, on the stage threads.
 
-Rank 0 is the driver process: it resolves the model, spawns ranks 1..N-1 (see
-``workers.py``), loads its own shard beside them, and owns the engine loop.
+The driver resolves the model, spawns the worker ranks (see ``workers.py``) and owns
+the engine loop. Rank 0 runs in the driver and loads its shard beside the others,
+or, with ``parallel.rank0 = "process"``, in a worker process of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 from typing import Any
 
 import attrs
-from rt.core import SkipStage, hookimpl, note
+from rt.core import hookimpl, note
 from rt.core.config import parse_bytes
 from rt.core.errors import ConfigError
 
@@ -114,17 +115,17 @@ def rt_load_tokenizer(runtime: Any) -> Any:
 
 @attrs.frozen
 class TPWorkers:
-    """What the workers stage produced: the TP size, rank 0's device, the other ranks."""
+    """What the workers stage produced: the TP size, rank 0's device (None when rank 0
+    runs in its own process), the worker ranks started here."""
 
     world_size: int
-    device: str
+    device: str | None
     group: Any = None
 
 
 @hookimpl(trylast=True)
 def rt_start_workers(config: Any, runtime: Any) -> Any:
-    import torch
-    from rt.plugins.tp.distributed import free_port, init_distributed, pick_device
+    from rt.core.host import free_port
     from rt.plugins.tp.model_config import ModelConfig
     from rt.plugins.tp.rank_main import RankSpec
     from rt.plugins.tp.workers import WorkerGroup
@@ -132,13 +133,21 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
     tp = config.parallel.tp
     model = runtime.result("model")
     ModelConfig.from_dir(model.path).check_tp(tp)  # fail before spawning anything
-    device = pick_device(0)
-    runtime.services["device"] = device
-    # Only the engine's step loop runs torch on several threads (bind_compute_thread).
-    torch.set_num_threads(1)
-    if tp == 1:
-        note("ranks", 1)
-        return TPWorkers(world_size=1, device=str(device))
+    # parallel.rank0 = "process": rank 0 is a worker too, and this process never
+    # imports torch (it serves HTTP, tokenizes, schedules).
+    rank0_here = config.parallel.rank0 == "driver"
+    device = None
+    if rank0_here:
+        import torch
+        from rt.plugins.tp.distributed import pick_device
+
+        device = pick_device(0)
+        runtime.services["device"] = device
+        # Only the engine's step loop runs torch on several threads (bind_compute_thread).
+        torch.set_num_threads(1)
+        if tp == 1:
+            note("ranks", 1)
+            return TPWorkers(world_size=1, device=str(device))
     local = config.parallel.local_ranks or tp
     if local > tp:
         raise ConfigError(f"parallel.local_ranks={local} is more than parallel.tp={tp}")
@@ -152,16 +161,21 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
     rank_config = attrs.evolve(config, model=attrs.evolve(config.model, source=str(model.path)))
     specs = [
         RankSpec(r, tp, config.parallel.master_addr, port, rank_config, runtime.selection)
-        for r in range(1, local)
+        for r in range(1 if rank0_here else 0, local)
     ]
     group = WorkerGroup.start(specs)
     runtime.services["workers"] = group
     group.on_death(lambda reason: _on_rank_death(runtime, reason))
-    runtime.services["process_groups"] = init_distributed(
-        0, tp, config.parallel.master_addr, port, config.parallel.backend, device
-    )
+    if rank0_here:
+        from rt.plugins.tp.distributed import init_distributed
+
+        runtime.services["process_groups"] = init_distributed(
+            0, tp, config.parallel.master_addr, port, config.parallel.backend, device
+        )
+    else:
+        note("rank0", "own process")
     note("ranks", tp)
-    return TPWorkers(world_size=tp, device=str(device), group=group)
+    return TPWorkers(world_size=tp, device=device and str(device), group=group)
 
 
 def _on_rank_death(runtime: Any, reason: str) -> None:
@@ -268,8 +282,6 @@ def rt_allocate_kv_cache(config: Any, runtime: Any) -> KVCacheInfo:
 
 @hookimpl
 def rt_warmup(config: Any, runtime: Any) -> Any:
-    if not runtime.is_driver:
-        raise SkipStage("worker ranks warm up through the driver's warm-up request")
     from rt.core.engine import GenerationRequest, generate_blocking
     from rt.core.step import SamplingParams
     from rt.plugins.tp.engine_factory import build_engine

@@ -1,9 +1,9 @@
 """The driver's engine loop: the ``rt.core.engine.Engine`` the frontends call.
 
-One thread owns the model runner. Each iteration it asks the scheduler for a step,
-sends the step to the other ranks over the metadata channel, runs rank 0's share,
-samples, and turns new tokens into text deltas (with stop strings) for each
-request's callback. Every scheduler access holds ``_lock``, so ``submit`` can
+One thread owns the step executor (``executor.py``). Each iteration it asks the
+scheduler for a step, has the executor run it (send it to the other ranks, run rank
+0's share, sample: here, or in rank 0's own process), and turns new tokens into
+text deltas (with stop strings) for each request's callback. Every scheduler access holds ``_lock``, so ``submit`` can
 reject a request synchronously and ``abort`` frees KV blocks at once; the model
 runs outside the lock.
 """
@@ -14,9 +14,9 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
-from rt.core.channel import ControlMessage, MetadataChannel
 from rt.core.engine import (
     EngineStats,
     GenerationOutput,
@@ -51,21 +51,17 @@ class LLMEngine:
     def __init__(
         self,
         *,
-        runner: object,
-        sampler: object,
+        executor: Any,
         scheduler: Scheduler,
         tokenizer: Tokenizer,
         model_name: str,
-        channel: MetadataChannel | None = None,
         on_step: Callable[[], None] | None = None,
     ):
-        self.runner = runner
-        self.sampler = sampler
+        self.executor = executor  # LocalExecutor or RemoteExecutor
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = scheduler.max_model_len
-        self.channel = channel
         self._on_step = on_step
         self._lock = threading.Condition()
         self._active: dict[int, _Active] = {}
@@ -96,7 +92,7 @@ class LLMEngine:
             prompt_ids = self.tokenizer.encode(request.prompt)
         else:
             raise RequestError(f"request {request.request_id}: give a prompt or prompt token ids")
-        vocab = self.runner.model_config.vocab_size
+        vocab = self.executor.vocab_size
         if any(not 0 <= t < vocab for t in prompt_ids):
             raise RequestError(
                 f"request {request.request_id}: prompt token ids must be in [0, {vocab})"
@@ -145,9 +141,9 @@ class LLMEngine:
             self._lock.notify_all()
         self._thread.join(timeout=30)
         self.fail(self.dead_reason or "the engine was shut down")
-        if self.channel is not None and self.dead_reason == "the engine was shut down":
+        if self.dead_reason == "the engine was shut down":
             try:
-                self.channel.send(ControlMessage("shutdown"))
+                self.executor.shutdown()
             except Exception:  # ranks may be gone already
                 log.debug("shutdown message not delivered", exc_info=True)
 
@@ -167,7 +163,7 @@ class LLMEngine:
 
     def _loop(self) -> None:
         try:
-            self.runner.bind_compute_thread()
+            self.executor.bind_thread()
             while True:
                 with self._lock:
                     while (
@@ -181,15 +177,7 @@ class LLMEngine:
                     step = self.scheduler.schedule()
                 if step is None:
                     continue
-                if self.channel is not None:
-                    self.channel.send(step)
-                logits = self.runner.run(step)
-                params, num_generated = step.sampled_params()
-                if params:
-                    result = self.sampler.sample(logits, params, num_generated)
-                    tokens, logprobs = result.token_ids, result.logprobs
-                else:
-                    tokens, logprobs = [], []
+                tokens, logprobs = self.executor.execute(step)
                 with self._lock:
                     outcome = self.scheduler.postprocess(step, tokens, logprobs)
                     deliveries = self._collect(outcome.advanced, set(map(id, outcome.finished)))
@@ -198,7 +186,7 @@ class LLMEngine:
                     self._on_step()
         except BaseException as e:  # a rank died, or a bug: fail requests, never hang
             log.exception("engine loop stopped")
-            if self.runner.ctx.world_size > 1:
+            if self.executor.has_worker_processes:
                 # A collective with a dead rank fails before the worker monitor has
                 # reaped that rank; give the monitor a moment to report the real cause
                 # (which rank, how it exited) rather than gloo's "connection closed".

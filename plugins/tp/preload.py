@@ -3,9 +3,11 @@
 - ``preload-imports`` (``preload.import_modules``): import torch, tokenizers and the
   engine's modules in a daemon thread, so the stages that need them find them loaded;
   torch's shared libraries are loaded first without the GIL (``torch_libs.py``,
-  ``preload.torch_libraries``).
+  ``preload.torch_libraries``). A driver whose rank 0 runs in its own process
+  (``parallel.rank0 = "process"``) never imports torch: it imports only what it uses.
 - ``preload-forkserver`` (``preload.forkserver``): start the forkserver that TP ranks
-  are forked from, with those modules preloaded, so N ranks do not each pay the import.
+  are forked from, with those modules preloaded, so N ranks do not each pay the import;
+  at CLI entry when rank 0 runs in its own process, since rank 0 then waits on it.
 - ``preload-prefetch`` (``preload.prefetch``): read the files load-weights and the
   tokenizer will open into the page cache, in large sequential chunks, bounded by
   available memory.
@@ -31,9 +33,23 @@ ENGINE_MODULES = (
     "rt.plugins.tp.llm_engine",
     "rt.plugins.tp.engine.sampler",
 )
+# What a driver whose rank 0 runs in its own process uses: no torch.
+DRIVER_MODULES = ("tokenizers", "rt.plugins.tp.llm_engine", "rt.plugins.tp.workers")
 # Commands that start an engine in this process: worth importing torch for at CLI entry.
 ENGINE_COMMANDS = ("serve", "generate", "worker")
-FORKSERVER_PRELOAD = ["torch", "rt.plugins.tp.rank_main", "rt.plugins.tp.model_runner"]
+# Commands whose driver may hand rank 0 to a process of its own.
+DRIVER_COMMANDS = ("serve", "generate")
+FORKSERVER_PRELOAD = [
+    "torch",
+    "safetensors",
+    "rt.plugins.tp.rank_main",
+    "rt.plugins.tp.model_runner",
+    "rt.plugins.tp.engine.sampler",
+]
+
+
+def _rank0_elsewhere(command: str | None, config: Any) -> bool:
+    return command != "worker" and config.parallel.rank0 == "process"
 
 
 def _background(runtime: Any, plugin: str, work: Any, *args: Any) -> threading.Thread | None:
@@ -64,12 +80,13 @@ class ImportModules:
     engine, else when the preload stage runs; the stage records the work either way."""
 
     def __init__(self) -> None:
-        self._early: _EarlyImport | None = None
+        self._early: _Early | None = None
 
     @hookimpl
     def rt_cli_start(self, command: str, config: Any) -> None:
         if command in ENGINE_COMMANDS and config.preload.import_modules and self._early is None:
-            self._early = _EarlyImport(config.preload.torch_libraries)
+            work = _import_plan(config, command)
+            self._early = _Early("rt-preload-imports", _import_all, *work)
 
     @hookimpl
     def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
@@ -78,23 +95,29 @@ class ImportModules:
         early, self._early = self._early, None
         if early is None:
             return _background(
-                runtime, "preload-imports", _import_all, config.preload.torch_libraries
+                runtime, "preload-imports", _import_all, *_import_plan(config, None)
             )
         return _background(runtime, "preload-imports", early.record, runtime)
 
 
-class _EarlyImport:
-    """The import thread started at CLI entry, and when it ran (for the timeline)."""
+def _import_plan(config: Any, command: str | None) -> tuple[bool, tuple[str, ...]]:
+    """(load torch's libraries first?, modules): without torch for a driver whose
+    rank 0 runs in its own process."""
+    if _rank0_elsewhere(command, config):
+        return False, DRIVER_MODULES
+    return config.preload.torch_libraries, ENGINE_MODULES
 
-    def __init__(self, torch_libraries: bool) -> None:
+
+class _Early:
+    """Background work started at CLI entry, and when it ran (for the timeline)."""
+
+    def __init__(self, name: str, work: Any, *args: Any) -> None:
         import time
 
         self.start = time.time()
         self.notes: dict[str, Any] = {}
         self.thread = threading.Thread(
-            target=lambda: self.notes.update(_import_all(torch_libraries)),
-            name="rt-preload-imports",
-            daemon=True,
+            target=lambda: self.notes.update(work(*args)), name=name, daemon=True
         )
         self.thread.start()
 
@@ -108,25 +131,45 @@ class _EarlyImport:
         return {**self.notes, "started": "at CLI entry"}
 
 
-def _import_all(torch_libraries: bool) -> dict[str, Any]:
+def _import_all(torch_libraries: bool, modules: tuple[str, ...]) -> dict[str, Any]:
     notes: dict[str, Any] = {}
     if torch_libraries:
         from rt.plugins.tp.torch_libs import load_torch_libraries
 
         notes["torch_libraries"] = load_torch_libraries()
-    for name in ENGINE_MODULES:
+    for name in modules:
         importlib.import_module(name)
-    notes["modules"] = len(ENGINE_MODULES)
+    notes["modules"] = len(modules)
+    if "torch" not in modules:
+        notes["torch"] = "not imported: rank 0 runs in its own process"
     return notes
 
 
 class Forkserver:
+    def __init__(self) -> None:
+        self._early: _Early | None = None
+
+    @hookimpl
+    def rt_cli_start(self, command: str, config: Any) -> None:
+        # --tp is not parsed yet here, but parallel.rank0 is: rank 0 is forked from
+        # the forkserver, whatever the TP size, so start it now.
+        if (
+            command in DRIVER_COMMANDS
+            and config.preload.forkserver
+            and _rank0_elsewhere(command, config)
+            and self._early is None
+        ):
+            self._early = _Early("rt-preload-forkserver", start_forkserver)
+
     @hookimpl
     def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
         if not config.preload.forkserver:
             raise SkipStage("preload.forkserver is off")
+        early, self._early = self._early, None
+        if early is not None:
+            return _background(runtime, "preload-forkserver", early.record, runtime)
         local = min(config.parallel.local_ranks or config.parallel.tp, config.parallel.tp)
-        if local <= 1:
+        if local <= 1 and not _rank0_elsewhere(None, config):
             raise SkipStage("TP=1 on this node: no worker process to fork")
         return _background(runtime, "preload-forkserver", start_forkserver)
 

@@ -1,9 +1,11 @@
-"""The entry point of a worker rank process (ranks 1..N-1; rank 0 is the driver).
+"""The entry point of a worker rank process.
 
 A rank joins the process group, builds its own plugin manager from the driver's
 frozen selection, runs the ``ranks`` stages of the startup graph, reports its
 timeline to the driver, and then executes every step the driver broadcasts
-until it is told to shut down.
+until it is told to shut down. Rank 0 has a process of its own only with
+``parallel.rank0 = "process"``: it then takes the driver's steps over a pipe,
+passes them on to the other ranks, runs its shard and samples (``executor.py``).
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def rank_main(spec: RankSpec, conn: Connection | None) -> None:
+def rank_main(
+    spec: RankSpec, conn: Connection | None, driver_steps: Connection | None = None
+) -> None:
     """Run one worker rank to the end. ``conn`` reports to a driver on this node;
-    a rank started by ``rt worker`` on another node has none."""
+    a rank started by ``rt worker`` on another node has none. ``driver_steps``:
+    rank 0's step pipe from the driver."""
     if conn is not None:
         _die_with_parent()
     import torch
@@ -53,27 +58,42 @@ def rank_main(spec: RankSpec, conn: Connection | None) -> None:
     runtime = None
     try:
         device = pick_device(spec.rank)
-        groups = init_distributed(
-            spec.rank,
-            spec.world_size,
-            spec.master_addr,
-            spec.master_port,
-            spec.config.parallel.backend,
-            device,
-        )
+        groups = None
+        if spec.world_size > 1:
+            groups = init_distributed(
+                spec.rank,
+                spec.world_size,
+                spec.master_addr,
+                spec.master_port,
+                spec.config.parallel.backend,
+                device,
+            )
         runtime = create_runtime(
             spec.config,
             spec.selection,
             rank=spec.rank,
             world_size=spec.world_size,
             only_where="ranks",
+            driver=False,
         )
         runtime.services["process_groups"] = groups
         runtime.services["device"] = device
         run_startup(runtime)
+        info = None
+        if driver_steps is not None:
+            from rt.plugins.tp.engine_factory import engine_info
+
+            info = engine_info(runtime.result("load-weights"), runtime.result("kv-cache"))
         if conn is not None:
-            conn.send(("ready", [s.to_dict() for s in runtime.timeline.spans()]))
-        _serve_steps(runtime)
+            conn.send(("ready", [s.to_dict() for s in runtime.timeline.spans()], info))
+        if driver_steps is not None:
+            from rt.plugins.tp.engine_factory import local_executor
+            from rt.plugins.tp.executor import serve_driver
+
+            channel = runtime.results.get("metadata-broadcast")
+            serve_driver(driver_steps, local_executor(runtime.result("load-weights"), channel))
+        else:
+            _serve_steps(runtime)
     except BaseException as e:
         if conn is None:
             raise

@@ -1,6 +1,8 @@
 """The driver's view of the worker ranks: spawn, watch, collect their startup, stop.
 
-Ranks are forked from a forkserver that has torch and rt's rank module imported,
+The worker ranks are 1..N-1, or 0..N-1 when rank 0 runs in a process of its own
+(``parallel.rank0 = "process"``); rank 0 then also gets a duplex pipe the driver's
+engine sends steps on (``executor.RemoteExecutor``). Ranks are forked from a forkserver that has torch and rt's rank module imported,
 so N ranks do not each pay the import. One monitor thread is the only reader of
 the ranks' pipes and process sentinels: it records each rank's startup report and
 notices a rank that dies, naming the rank and how it ended (exit code or signal)
@@ -14,10 +16,11 @@ import multiprocessing as mp
 import signal
 import threading
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 
 from rt.core.errors import EngineDead, RtError
 from rt.core.timeline import Span
+from rt.plugins.tp.executor import EngineInfo
 from rt.plugins.tp.preload import FORKSERVER_PRELOAD
 from rt.plugins.tp.rank_main import RankSpec, rank_main
 
@@ -36,11 +39,12 @@ def exit_reason(exitcode: int | None) -> str:
 
 
 class WorkerGroup:
-    """Ranks 1..N-1 of a TP group (rank 0 is the driver process itself)."""
+    """The worker ranks of a TP group started on this node."""
 
-    def __init__(self, world_size: int):
-        self.world_size = world_size
+    def __init__(self) -> None:
         self.processes: dict[int, mp.process.BaseProcess] = {}
+        self.rank0_conn: Connection | None = None  # steps to rank 0's own process
+        self.engine_info: EngineInfo | None = None  # rank 0's startup report
         self._conns: dict[int, object] = {}
         self._ready: dict[int, list[Span]] = {}
         self._errors: dict[int, str] = {}
@@ -51,17 +55,25 @@ class WorkerGroup:
 
     @classmethod
     def start(cls, specs: list[RankSpec], method: str = "forkserver") -> WorkerGroup:
-        group = cls(len(specs) + 1)
+        group = cls()
         ctx = mp.get_context(method)
         if method == "forkserver":
             ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         for spec in specs:
             parent, child = ctx.Pipe(duplex=False)
+            steps = None
+            if spec.rank == 0:
+                group.rank0_conn, steps = ctx.Pipe(duplex=True)
             proc = ctx.Process(
-                target=rank_main, args=(spec, child), name=f"rt-rank-{spec.rank}", daemon=True
+                target=rank_main,
+                args=(spec, child, steps),
+                name=f"rt-rank-{spec.rank}",
+                daemon=True,
             )
             proc.start()
             child.close()
+            if steps is not None:
+                steps.close()
             group.processes[spec.rank] = proc
             group._conns[spec.rank] = parent
         threading.Thread(target=group._monitor, name="rt-rank-monitor", daemon=True).start()
@@ -98,6 +110,8 @@ class WorkerGroup:
         with self._cond:
             if message[0] == "ready":
                 self._ready[rank] = [Span.from_dict(d) for d in message[1]]
+                if message[2] is not None:
+                    self.engine_info = message[2]
             elif message[0] == "error":
                 self._errors[rank] = (
                     f"{message[1]}\n--- rank {rank} traceback ---\n{message[2].rstrip()}"

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from rt.plugins.tp.distributed import free_port
+from rt.core.host import free_port
 
 from tests.conftest import run_rt
 

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import pickle
-import socket
 import traceback
 
 import torch
 import torch.multiprocessing as mp
+from rt.core.host import free_port
 from rt.plugins.tp.parallel import ParallelContext
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, world_size: int, port: int, fn, args, results) -> None:

@@ -1,0 +1,112 @@
+"""Who runs a step for the engine loop: rank 0 in this process, or rank 0's own process.
+
+The engine loop (``llm_engine.py``) schedules, then hands each step to an executor,
+which sends it to the other ranks, runs rank 0's shard of the forward pass and samples:
+one call, ``execute(step) -> (token ids, logprobs)``.
+
+* :class:`LocalExecutor`: rank 0 is the driver process (``parallel.rank0 = "driver"``).
+* :class:`RemoteExecutor`: rank 0 runs in a process of its own (``parallel.rank0 =
+  "process"``), which wraps a ``LocalExecutor`` (:func:`serve_driver`) and answers each
+  step over a pipe. The driver then never imports torch: its HTTP server, tokenizer,
+  scheduler and detokenizer share no interpreter lock with the model, and at startup
+  they run while rank 0 imports torch. Each step costs two pipe messages (pickled step
+  metadata out, token ids back), tens of microseconds against a decode step's tens of
+  milliseconds.
+
+This module imports no torch; ``LocalExecutor`` gets its runner and sampler built.
+"""
+
+from __future__ import annotations
+
+from multiprocessing.connection import Connection
+from typing import Any
+
+import attrs
+from rt.core.channel import ControlMessage, MetadataChannel
+from rt.core.step import StepMetadata
+
+SHUTDOWN = ControlMessage("shutdown")
+
+
+@attrs.frozen
+class EngineInfo:
+    """What the driver's engine needs to know about the model rank 0 loaded."""
+
+    vocab_size: int
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+    num_blocks: int
+    block_size: int
+
+
+class LocalExecutor:
+    """Rank 0's share of each step, run in the calling thread."""
+
+    def __init__(self, runner: Any, sampler: Any, channel: MetadataChannel | None) -> None:
+        self.runner = runner
+        self.sampler = sampler
+        self.channel = channel
+        self.vocab_size: int = runner.model_config.vocab_size
+        # A failed step may mean a rank died: the worker monitor names it.
+        self.has_worker_processes = runner.ctx.world_size > 1
+
+    def bind_thread(self) -> None:
+        self.runner.bind_compute_thread()
+
+    def execute(self, step: StepMetadata) -> tuple[list[int], list[Any]]:
+        if self.channel is not None:
+            self.channel.send(step)
+        logits = self.runner.run(step)
+        params, num_generated = step.sampled_params()
+        if not params:
+            return [], []
+        result = self.sampler.sample(logits, params, num_generated)
+        return result.token_ids, result.logprobs
+
+    def shutdown(self) -> None:
+        if self.channel is not None:
+            self.channel.send(SHUTDOWN)
+
+
+class RemoteExecutor:
+    """Steps go to rank 0's process over ``conn``; the answers come back on it."""
+
+    has_worker_processes = True
+
+    def __init__(self, conn: Connection, info: EngineInfo) -> None:
+        self.conn = conn
+        self.vocab_size = info.vocab_size
+
+    def bind_thread(self) -> None:
+        pass  # the model's threads live in rank 0's process
+
+    def execute(self, step: StepMetadata) -> tuple[list[int], list[Any]]:
+        self.conn.send(step)
+        reply = self.conn.recv()  # EOFError when rank 0 is gone
+        if reply[0] == "error":
+            raise RuntimeError(f"rank 0: {reply[1]}")
+        return reply[1], reply[2]
+
+    def shutdown(self) -> None:
+        self.conn.send(SHUTDOWN)
+
+
+def serve_driver(conn: Connection, executor: LocalExecutor) -> None:
+    """Rank 0's loop when it has a process of its own: answer every step the driver
+    sends until it says ``shutdown`` (passed on to the other ranks) or goes away."""
+    executor.bind_thread()
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the driver is gone; the other ranks die with their parent
+            return
+        if isinstance(message, StepMetadata):
+            try:
+                tokens, logprobs = executor.execute(message)
+            except Exception as e:
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+                raise
+            conn.send(("ok", tokens, logprobs))
+        elif isinstance(message, ControlMessage) and message.kind == "shutdown":
+            executor.shutdown()
+            return
