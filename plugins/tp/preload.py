@@ -94,9 +94,7 @@ class ImportModules:
             raise SkipStage("preload.import_modules is off")
         early, self._early = self._early, None
         if early is None:
-            return _background(
-                runtime, "preload-imports", _import_all, *_import_plan(config, None)
-            )
+            return _background(runtime, "preload-imports", _import_all, *_import_plan(config, None))
         return _background(runtime, "preload-imports", early.record, runtime)
 
 

@@ -1,8 +1,10 @@
 """Kill worker rank 1 while 8 requests generate at TP=2, and report what followed.
 
 Run as a script in its own process (``python -m tests.engine_e2e.kill_rank MODEL
-[PLUGIN]``), so a dead rank cannot disturb the test process; it prints one JSON line.
-Used by the rank-death tests of the built-in channel and of contrib's shm-broadcast.
+[PLUGIN | KEY=VALUE | kill=RANK]...``), so a dead rank cannot disturb the test
+process; it prints one JSON line. ``KEY=VALUE`` is a config setting; ``kill=0``
+kills rank 0 (which needs ``parallel.rank0=process``). Used by the rank-death tests
+of the built-in channel, of rank 0's own process and of contrib's shm-broadcast.
 """
 
 from __future__ import annotations
@@ -21,12 +23,19 @@ from rt.core.step import SamplingParams
 from tests.engine_e2e.engine_helpers import start_runtime
 
 
-def kill_rank_during_generation(model: str, plugins: list[str]) -> dict:
-    settings = [("parallel.tp", "2")] + [("plugins", p) for p in plugins]
+def kill_rank_during_generation(model: str, args: list[str]) -> dict:
+    settings = [("parallel.tp", "2")]
+    rank = 1
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "kill":
+            rank = int(value)
+        else:
+            settings.append((key, value) if value else ("plugins", arg))
     runtime = start_runtime(model, *settings)
     channel = runtime.results.get("metadata-broadcast")
     engine = runtime.services["engine"]
-    pid = runtime.services["workers"].processes[1].pid
+    pid = runtime.services["workers"].processes[rank].pid
     finals, first, done = [], threading.Event(), threading.Event()
 
     def collect(out):
@@ -72,12 +81,12 @@ def kill_rank_during_generation(model: str, plugins: list[str]) -> dict:
     }
 
 
-def run_in_subprocess(model, plugins: list[str], cwd) -> tuple[int, dict | None, str, int]:
+def run_in_subprocess(model, args: list[str], cwd) -> tuple[int, dict | None, str, int]:
     """(returncode, report, stderr, pid) of the script run in a fresh process."""
     import subprocess
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.engine_e2e.kill_rank", str(model), *plugins],
+        [sys.executable, "-m", "tests.engine_e2e.kill_rank", str(model), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
     )  # fmt: skip
     out, err = proc.communicate(timeout=180)

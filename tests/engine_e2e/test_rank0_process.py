@@ -1,0 +1,77 @@
+"""``parallel.rank0 = "process"``: rank 0 runs in a worker process of its own and the
+driver never imports torch; tokens, timeline and failures are what they are with rank
+0 in the driver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rt.core.engine import GenerationRequest, generate_blocking
+from rt.core.step import SamplingParams
+
+from tests.conftest import REPO
+from tests.engine_e2e.engine_helpers import start_runtime
+from tests.engine_e2e.kill_rank import run_in_subprocess
+from tests.engine_e2e.test_generate_cli import PROMPT, _reference
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_driver_never_imports_torch_and_tokens_match_transformers(tiny_llama, tp):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.engine_e2e.rank0_process", str(tiny_llama), PROMPT,
+         "--max-tokens", "16", "--json", "--tp", str(tp)],
+        capture_output=True, text=True, cwd=REPO, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report == {"code": 0, "torch": False}, proc.stderr[-3000:]
+    out = json.loads("\n".join(lines[:-1]))
+    assert out["token_ids"] == _reference(tiny_llama, PROMPT, 16)
+    # rank 0's stages are in the printed timeline; the driver's preload skipped torch
+    assert "rank0=own process" in proc.stderr
+    assert "torch=not imported: rank 0 runs in its own process" in proc.stderr
+
+
+def _greedy(runtime, n=12):
+    request = GenerationRequest(
+        "r", prompt_token_ids=(1, 2, 3, 4), sampling=SamplingParams(temperature=0, max_tokens=n)
+    )
+    return generate_blocking(runtime.services["engine"], request, timeout=60).token_ids
+
+
+def test_same_tokens_and_rank0_spans_as_with_rank0_in_the_driver(tiny_llama):
+    runtime = start_runtime(tiny_llama, ("parallel.rank0", "driver"))
+    try:
+        expected = _greedy(runtime)
+    finally:
+        runtime.shutdown()
+    runtime = start_runtime(tiny_llama, ("parallel.rank0", "process"))
+    try:
+        assert _greedy(runtime) == expected
+        rank0 = runtime.services["workers"].processes[0]
+        spans = runtime.timeline.spans()
+        loaded = [s for s in spans if s.stage == "load-weights" and s.kind == "stage"]
+        assert [(s.rank, s.pid, s.outcome) for s in loaded] == [(0, rank0.pid, "ok")]
+        assert "load-weights" not in runtime.results, "the driver loads no weights"
+        forkserver = next(s for s in spans if s.plugin == "preload-forkserver" and s.kind == "hook")
+        assert forkserver.outcome == "ok", "rank 0 is forked from the forkserver"
+    finally:
+        runtime.shutdown()
+    assert not rank0.is_alive(), "shutdown stops rank 0"
+
+
+def test_killed_rank0_fails_requests_naming_it(tiny_llama):
+    settings = ["parallel.rank0=process", "kill=0"]
+    returncode, report, stderr, _ = run_in_subprocess(tiny_llama, settings, REPO)
+    assert returncode == 0, stderr[-3000:]
+    assert report["finished"], report
+    assert report["elapsed"] < 10, "the error arrives within a few seconds"
+    assert report["errors"], "requests in flight get an error, not a silent end"
+    assert all("rank 0" in e and "SIGKILL" in e for e in report["errors"]), report["errors"]
+    assert "rank 0" in report["late"] and "SIGKILL" in report["late"]
+    assert not report["alive"], "no process is left behind"
