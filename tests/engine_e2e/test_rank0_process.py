@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from rt.core.engine import GenerationRequest, generate_blocking
 from rt.core.step import SamplingParams
 
