@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -25,7 +26,8 @@ _NOTE_WIDTH = 60
 
 
 def _notes_text(span: Span) -> str:
-    parts = [span.reason] if span.reason else []
+    # A failure's reason may hold a traceback: the table shows its first line.
+    parts = [span.reason.splitlines()[0]] if span.reason else []
     for key, value in span.notes.items():
         text = str(len(value)) if isinstance(value, list | tuple) else str(value)
         parts.append(f"{key}={text[:_NOTE_WIDTH]}")
@@ -110,8 +112,15 @@ def to_chrome_trace(timeline: Timeline) -> dict[str, Any]:
                 },
             }
         )
+    # The trace is written by the driver. Its spans carry rank 0; so do those of rank 0's
+    # own process when parallel.rank0 = "process".
+    driver = os.getpid()
+    rank0_elsewhere = any(r == 0 and pid != driver for pid, r in seen_pids.items())
     for pid, rank in seen_pids.items():
-        label = "driver (rank 0)" if rank == 0 else f"rank {rank}"
+        if pid == driver:
+            label = "driver" if rank0_elsewhere else "driver (rank 0)"
+        else:
+            label = f"rank {rank}"
         events.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": label}})
     for (pid, thread), tid in threads.items():
         events.append(

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 import attrs
 from rt.core.channel import ControlMessage
 from rt.core.config import Config
+from rt.core.errors import StageFailed
 from rt.core.selection import Selection
 from rt.core.step import StepMetadata
 
@@ -103,8 +104,13 @@ def rank_main(
     except BaseException as e:
         if conn is None:
             raise
+        # A failed stage's message carries its traceback already; anything else sends its own.
+        if isinstance(e, StageFailed):
+            report = ("error", str(e), "")
+        else:
+            report = ("error", f"{type(e).__name__}: {e}", traceback.format_exc())
         try:
-            conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+            conn.send(report)
         except OSError:
             pass
         raise SystemExit(1) from None

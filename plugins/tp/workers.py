@@ -113,8 +113,9 @@ class WorkerGroup:
                 if message[2] is not None:
                     self.engine_info = message[2]
             elif message[0] == "error":
-                self._errors[rank] = (
-                    f"{message[1]}\n--- rank {rank} traceback ---\n{message[2].rstrip()}"
+                tb = message[2].rstrip()
+                self._errors[rank] = message[1] + (
+                    f"\n--- rank {rank} traceback ---\n{tb}" if tb else ""
                 )
             self._cond.notify_all()
 
