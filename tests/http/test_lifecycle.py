@@ -126,10 +126,11 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_sigterm_drains_and_exits_0_leaving_no_process(http_env, tiny_model, tmp_path):
+@pytest.mark.parametrize("rank0", ["driver", "process"])
+def test_sigterm_drains_and_exits_0_leaving_no_process(http_env, tiny_model, tmp_path, rank0):
     log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "rt", "serve", str(tiny_model), "--plugins=http", "--port", "0"]
-    cmd += ["--tp", "2", "--set", "server.shutdown_grace_s=5"]
+    cmd += ["--tp", "2", "--set", "server.shutdown_grace_s=5", "--set", f"parallel.rank0={rank0}"]
     env = {**http_env, "OMP_NUM_THREADS": "1"}
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
@@ -165,7 +166,8 @@ def test_sigterm_drains_and_exits_0_leaving_no_process(http_env, tiny_model, tmp
             proc.wait()
 
 
-def test_sigterm_during_startup_aborts_it_and_cleans_up(http_env, tiny_model, tmp_path):
+@pytest.mark.parametrize("rank0", ["driver", "process"])
+def test_sigterm_during_startup_aborts_it_and_cleans_up(http_env, tiny_model, tmp_path, rank0):
     site = tmp_path / "site"
     write_distribution(
         site,
@@ -177,7 +179,7 @@ def test_sigterm_during_startup_aborts_it_and_cleans_up(http_env, tiny_model, tm
     env = {**http_env, "PYTHONPATH": f"{site}{os.pathsep}{http_env.get('PYTHONPATH', '')}"}
     log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "rt", "serve", str(tiny_model), "--port", "0", "--tp", "2"]
-    cmd += ["--plugins=http,slow-warmup"]
+    cmd += ["--plugins=http,slow-warmup", "--set", f"parallel.rank0={rank0}"]
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
