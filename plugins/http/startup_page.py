@@ -8,6 +8,7 @@ reloads itself every second.
 from __future__ import annotations
 
 import html
+import os
 import time
 from typing import Any
 
@@ -59,7 +60,10 @@ def _rows(spans: list[Span]) -> list[tuple[Span, int]]:
 
 def _label(span: Span, depth: int) -> str:
     if depth == 0:
-        return span.stage + (f" (rank {span.rank})" if span.rank else "")
+        # The page is drawn by the driver: another process's span is a rank's (rank 0's
+        # too, when it runs in a process of its own).
+        elsewhere = span.rank or span.pid != os.getpid()
+        return span.stage + (f" (rank {span.rank})" if elsewhere else "")
     kind = "task" if span.kind == "task" else "hook"
     return f"{span.plugin or '?'} ({kind})"
 
