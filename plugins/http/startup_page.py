@@ -41,14 +41,11 @@ def _rows(spans: list[Span]) -> list[tuple[Span, int]]:
     for s in spans:
         if s.kind == "stage":
             continue
-        owner = next(
-            (
-                st
-                for st in stages
-                if st.stage == s.stage and st.rank == s.rank and st.start <= s.start + 1e-6
-            ),
-            None,
-        )
+        same = [st for st in stages if st.stage == s.stage and st.rank == s.rank]
+        # Its stage span began before it, except for work started at CLI entry
+        # (preload's early imports and forkserver), which the stage only records.
+        started = [st for st in same if st.start <= s.start + 1e-6]
+        owner = (started or same or [None])[-1 if started else 0]
         if owner is not None:
             children[id(owner)].append(s)
     rows: list[tuple[Span, int]] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import time
 
 import httpx
@@ -110,3 +112,26 @@ def test_startup_json_and_html_show_every_stage(server):
     assert "<svg" in page.text
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page.text), "no external resources"
     assert 'http-equiv="refresh"' not in page.text, "a finished startup does not reload"
+
+
+def test_startup_page_shows_work_started_at_cli_entry_under_its_stage():
+    """preload's imports and forkserver start at CLI entry, before the preload stage
+    that records them: the page still draws them, under that stage."""
+    import types
+
+    from rt.core.timeline import Span, Timeline
+    from rt.plugins.http.startup_page import render
+
+    timeline = Timeline()
+    t0, pid = timeline.origin, os.getpid()
+    stage = Span("preload", None, 0, pid, "main", t0 + 0.3, t0 + 0.31, "ok")
+    early = Span("preload", "preload-imports", 0, pid, "t", t0 + 0.1, t0 + 1.2, "ok", "task")
+    rank0 = Span("load-weights", "tp", 0, pid + 1, "main", t0 + 1.3, t0 + 1.4, "ok")
+    timeline.add([stage, early, rank0])
+    runtime = types.SimpleNamespace(
+        timeline=timeline, failed=None, ready=threading.Event(), stage_state={}
+    )
+    runtime.ready.set()
+    page = render(runtime)
+    assert page.index(">preload<") < page.index(">preload-imports (task)<")
+    assert ">load-weights (rank 0)<" in page, "rank 0's own process is named"
