@@ -107,13 +107,18 @@ def _import_plan(config: Any, command: str | None) -> tuple[bool, tuple[str, ...
 
 
 class _Early:
-    """Background work started at CLI entry, and when it ran (for the timeline)."""
+    """Work started at CLI entry (in a daemon thread, or done at once with
+    ``thread=False``), and when it began, for the stage that records it."""
 
-    def __init__(self, name: str, work: Any, *args: Any, start: float | None = None) -> None:
+    def __init__(self, name: str, work: Any, *args: Any, thread: bool = True) -> None:
         import time
 
-        self.start = time.time() if start is None else start
+        self.start = time.time()
         self.notes: dict[str, Any] = {}
+        self.thread: threading.Thread | None = None
+        if not thread:
+            self.notes.update(work(*args))
+            return
         self.thread = threading.Thread(
             target=lambda: self.notes.update(work(*args)), name=name, daemon=True
         )
@@ -122,7 +127,8 @@ class _Early:
     def record(self, runtime: Any) -> dict[str, Any]:
         from rt.core.timeline import current_span
 
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
         span = current_span()
         if span is not None:
             span.start = self.start  # the work began at CLI entry, before this stage
@@ -154,16 +160,12 @@ class Forkserver:
         if (
             command in DRIVER_COMMANDS
             and config.preload.forkserver
-            and _rank0_elsewhere(command, config)
+            and config.parallel.rank0 == "process"
             and self._early is None
         ):
-            # Here, not in a thread: spawning the server takes ~40 ms of this thread, and
-            # a thread taking turns with the CLI for the GIL spawned it ~0.1 s later.
-            import time
-
-            started = time.time()
-            notes = start_forkserver()
-            self._early = _Early("rt-preload-forkserver", lambda: notes, start=started)
+            # Not in a thread: spawning the server takes ~40 ms of this thread, and a
+            # thread taking turns with the CLI for the GIL spawned it ~0.1 s later.
+            self._early = _Early("rt-preload-forkserver", start_forkserver, thread=False)
 
     @hookimpl
     def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
