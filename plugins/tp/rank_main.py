@@ -86,19 +86,11 @@ def rank_main(
         runtime.services["process_groups"] = groups
         runtime.services["device"] = device
         run_startup(runtime)
-        info = None
-        if driver_steps is not None:
-            from rt.plugins.tp.engine_factory import engine_info
-
-            info = engine_info(runtime.result("load-weights"), runtime.result("kv-cache"))
         if conn is not None:
-            conn.send(("ready", [s.to_dict() for s in runtime.timeline.spans()], info))
+            spans = [s.to_dict() for s in runtime.timeline.spans()]
+            conn.send(("ready", spans, _engine_info(runtime) if driver_steps else None))
         if driver_steps is not None:
-            from rt.plugins.tp.engine_factory import local_executor
-            from rt.plugins.tp.executor import serve_driver
-
-            channel = runtime.results.get("metadata-broadcast")
-            serve_driver(driver_steps, local_executor(runtime.result("load-weights"), channel))
+            _serve_driver(runtime, driver_steps)
         else:
             _serve_steps(runtime)
     except BaseException as e:
@@ -118,6 +110,22 @@ def rank_main(
         if runtime is not None:
             runtime.shutdown()
         destroy_distributed()
+
+
+def _engine_info(runtime) -> object:
+    """What the driver's engine needs to know from rank 0 (``executor.EngineInfo``)."""
+    from rt.plugins.tp.engine_factory import engine_info
+
+    return engine_info(runtime.result("load-weights"), runtime.result("kv-cache"))
+
+
+def _serve_driver(runtime, steps: Connection) -> None:
+    """Rank 0 in its own process: run every step the driver sends over ``steps``."""
+    from rt.plugins.tp.engine_factory import local_executor
+    from rt.plugins.tp.executor import serve_driver
+
+    channel = runtime.results.get("metadata-broadcast")
+    serve_driver(steps, local_executor(runtime.result("load-weights"), channel))
 
 
 def _serve_steps(runtime) -> None:
