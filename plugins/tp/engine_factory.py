@@ -11,7 +11,7 @@ from typing import Any
 
 from rt.plugins.tp.engine.block_manager import BlockManager
 from rt.plugins.tp.engine.scheduler import Scheduler
-from rt.plugins.tp.executor import EngineInfo, LocalExecutor, RemoteExecutor
+from rt.plugins.tp.executor import EngineInfo, LocalExecutor, RemoteExecutor, StepExecutor
 from rt.plugins.tp.llm_engine import LLMEngine
 
 
@@ -36,7 +36,7 @@ def build_engine(config: Any, runtime: Any) -> LLMEngine:
     workers = runtime.services.get("workers")
     if workers is not None and workers.rank0_conn is not None:
         info = workers.engine_info
-        executor: Any = RemoteExecutor(workers.rank0_conn, info)
+        executor: StepExecutor = RemoteExecutor(workers.rank0_conn, info)
     else:
         runner = runtime.result("load-weights")
         info = engine_info(runner, runtime.result("kv-cache"))

@@ -19,7 +19,7 @@ This module imports no torch; ``LocalExecutor`` gets its runner and sampler buil
 from __future__ import annotations
 
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from rt.core.channel import ControlMessage, MetadataChannel
@@ -37,6 +37,23 @@ class EngineInfo:
     eos_token_ids: tuple[int, ...]
     num_blocks: int
     block_size: int
+
+
+class StepExecutor(Protocol):
+    """What the engine loop needs from whoever runs its steps."""
+
+    vocab_size: int  # prompt token ids must be below it
+    has_worker_processes: bool  # a failed step may mean a process died
+
+    def bind_thread(self) -> None:
+        """Called first in the engine loop's thread."""
+
+    def execute(self, step: StepMetadata) -> tuple[list[int], list[Any]]:
+        """Run ``step`` on every rank; the sampled token ids and their logprobs, one per
+        sequence that samples this step, in step order."""
+
+    def shutdown(self) -> None:
+        """Tell the ranks to stop (after the last step)."""
 
 
 class LocalExecutor:

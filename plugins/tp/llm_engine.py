@@ -3,9 +3,9 @@
 One thread owns the step executor (``executor.py``). Each iteration it asks the
 scheduler for a step, has the executor run it (send it to the other ranks, run rank
 0's share, sample: here, or in rank 0's own process), and turns new tokens into
-text deltas (with stop strings) for each request's callback. Every scheduler access holds ``_lock``, so ``submit`` can
-reject a request synchronously and ``abort`` frees KV blocks at once; the model
-runs outside the lock.
+text deltas (with stop strings) for each request's callback. Every scheduler access
+holds ``_lock``, so ``submit`` can reject a request synchronously and ``abort`` frees
+KV blocks at once; the model runs outside the lock.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import attrs
 from rt.core.engine import (
@@ -29,6 +28,7 @@ from rt.plugins.tp.detokenizer import IncrementalDetokenizer, StopChecker
 from rt.plugins.tp.engine.scheduler import Scheduler
 from rt.plugins.tp.engine.sequence import Sequence as Seq
 from rt.plugins.tp.engine.sequence import TokenLogprobs
+from rt.plugins.tp.executor import StepExecutor
 from rt.plugins.tp.tokenizer import Tokenizer
 
 log = logging.getLogger("rt.engine")
@@ -51,13 +51,13 @@ class LLMEngine:
     def __init__(
         self,
         *,
-        executor: Any,
+        executor: StepExecutor,
         scheduler: Scheduler,
         tokenizer: Tokenizer,
         model_name: str,
         on_step: Callable[[], None] | None = None,
     ):
-        self.executor = executor  # LocalExecutor or RemoteExecutor
+        self.executor = executor
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.model_name = model_name
