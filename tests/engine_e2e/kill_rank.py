@@ -81,6 +81,18 @@ def kill_rank_during_generation(model: str, args: list[str]) -> dict:
     }
 
 
+def check_killed_rank_report(report: dict, rank: int) -> None:
+    """Every request in flight failed within seconds naming the killed rank and its
+    signal, a late request was refused the same way, and no process is left."""
+    assert report["finished"], report
+    assert report["elapsed"] < 10, "the error arrives within a few seconds"
+    assert report["errors"], "requests in flight get an error, not a silent end"
+    named = f"rank {rank}"
+    assert all(named in e and "SIGKILL" in e for e in report["errors"]), report["errors"]
+    assert named in report["late"] and "SIGKILL" in report["late"]
+    assert not report["alive"], "no process is left behind"
+
+
 def run_in_subprocess(model, args: list[str], cwd) -> tuple[int, dict | None, str, int]:
     """(returncode, report, stderr, pid) of the script run in a fresh process."""
     import subprocess
