@@ -2,11 +2,12 @@
 
 The worker ranks are 1..N-1, or 0..N-1 when rank 0 runs in a process of its own
 (``parallel.rank0 = "process"``); rank 0 then also gets a duplex pipe the driver's
-engine sends steps on (``executor.RemoteExecutor``). Ranks are forked from a forkserver that has torch and rt's rank module imported,
-so N ranks do not each pay the import. One monitor thread is the only reader of
-the ranks' pipes and process sentinels: it records each rank's startup report and
-notices a rank that dies, naming the rank and how it ended (exit code or signal)
-to every listener (the startup, the engine) within a second.
+engine sends steps on (``executor.RemoteExecutor``). Ranks are forked from a
+forkserver that has torch and rt's rank module imported, so N ranks do not each pay
+the import. One monitor thread is the only reader of the ranks' report pipes and
+process sentinels: it records each rank's startup report and notices a rank that
+dies, naming the rank and how it ended (exit code or signal) to every listener (the
+startup, the engine) within a second.
 """
 
 from __future__ import annotations
