@@ -34,6 +34,20 @@ class StageGraphError(RtError):
     """The stage graph is invalid: unknown needs, a cycle, a duplicate name."""
 
 
+def traceback_without_message(error: BaseException) -> str:
+    """``error``'s traceback (chained causes included) without its own closing message
+    line: a :class:`StageFailed` header states that message already, and a message that
+    holds another process's traceback (a rank's report) would otherwise print twice."""
+    import traceback
+
+    te = traceback.TracebackException.from_exception(error)
+    lines = list(te.format())
+    only = list(te.format_exception_only())
+    if lines[-len(only) :] == only:
+        lines = lines[: -len(only)]
+    return "".join(lines)
+
+
 class StageFailed(RtError):
     """A stage raised during startup. Carries the stage, the plugin and the traceback."""
 

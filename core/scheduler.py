@@ -16,11 +16,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-import traceback
 from typing import Any
 
 import attrs
-from rt.core.errors import RtError, StageFailed
+from rt.core.errors import RtError, StageFailed, traceback_without_message
 from rt.core.graph import check_graph
 from rt.core.runtime import Runtime
 from rt.core.stage import SkipStage, Stage
@@ -174,7 +173,9 @@ class StageScheduler:
             return
         except BaseException as e:  # a bug in rt itself: still fail startup cleanly
             timeline.end(span, "failed", f"{type(e).__name__}: {e}")
-            self._finish(stage, "failed", StageFailed(stage.name, None, e, traceback.format_exc()))
+            self._finish(
+                stage, "failed", StageFailed(stage.name, None, e, traceback_without_message(e))
+            )
             return
         finally:
             reset_current_span(token)
@@ -217,7 +218,9 @@ class StageScheduler:
                 skips.append(f"{impl.plugin_name}: {e.reason}")
                 continue
             except Exception as e:
-                raise StageFailed(stage.name, impl.plugin_name, e, traceback.format_exc()) from e
+                raise StageFailed(
+                    stage.name, impl.plugin_name, e, traceback_without_message(e)
+                ) from e
             finally:
                 _current_call.reset(token)
             if firstresult:

@@ -96,6 +96,25 @@ def test_chrome_trace_is_complete_events_in_microseconds():
     assert stage["dur"] == pytest.approx((span.end - span.start) * 1e6, abs=1)
 
 
+def _process_names(timeline) -> dict[int, str]:
+    events = to_chrome_trace(timeline)["traceEvents"]
+    return {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+
+
+def test_chrome_trace_names_the_driver_and_rank_0_apart_when_rank_0_has_a_process():
+    import os
+
+    from rt.core.timeline import Span, Timeline
+
+    timeline, me = Timeline(), os.getpid()
+    t = timeline.origin
+    timeline.add([Span("workers", "tp", 0, me, "main", t, t + 1, "ok")])
+    assert _process_names(timeline) == {me: "driver (rank 0)"}
+    timeline.add([Span("load-weights", "tp", 0, me + 1, "main", t + 1, t + 2, "ok")])
+    timeline.add([Span("load-weights", "tp", 1, me + 2, "main", t + 1, t + 2, "ok")])
+    assert _process_names(timeline) == {me: "driver", me + 1: "rank 0", me + 2: "rank 1"}
+
+
 def test_json_and_table_exports():
     rt = _run_two_stages()
     data = to_json(rt.timeline)

@@ -5,6 +5,8 @@ driver never imports torch; tokens, timeline and failures are what they are with
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 from rt.core.engine import GenerationRequest, generate_blocking
 from rt.core.step import SamplingParams
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_rt
 from tests.engine_e2e.engine_helpers import start_runtime
 from tests.engine_e2e.kill_rank import check_killed_rank_report, run_in_subprocess
 from tests.engine_e2e.test_generate_cli import PROMPT, _reference
@@ -69,3 +71,19 @@ def test_killed_rank0_fails_requests_naming_it(tiny_llama):
     returncode, report, stderr, _ = run_in_subprocess(tiny_llama, settings, REPO)
     assert returncode == 0, stderr[-3000:]
     check_killed_rank_report(report, rank=0)
+
+
+def test_rank0_failing_a_stage_fails_startup_naming_rank_stage_and_cause(tiny_llama, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama, broken)
+    weights = broken / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    result = run_rt(
+        "generate", str(broken), PROMPT, "--max-tokens", "4", "--set", "parallel.rank0=process"
+    )
+    assert result.returncode == 1
+    error = next(line for line in result.stderr.splitlines() if line.startswith("rt: error:"))
+    assert "rank 0 failed during startup" in error
+    assert "startup stage 'load-weights' failed" in error and "SafetensorError" in error
+    # rank 0's traceback once, the driver's once: not the same trace over and over
+    assert result.stderr.count("--- original traceback ---") <= 2, result.stderr[-3000:]
