@@ -87,3 +87,16 @@ def test_rank0_failing_a_stage_fails_startup_naming_rank_stage_and_cause(tiny_ll
     assert "startup stage 'load-weights' failed" in error and "SafetensorError" in error
     # rank 0's traceback once, the driver's once: not the same trace over and over
     assert result.stderr.count("--- original traceback ---") <= 2, result.stderr[-3000:]
+
+
+@pytest.mark.gpu
+def test_on_cuda_rank0_in_its_own_process_gives_the_same_tokens(tiny_llama):
+    tokens = {}
+    for rank0 in ("driver", "process"):
+        result = run_rt(
+            "generate", str(tiny_llama), PROMPT, "--max-tokens", "16", "--json",
+            "--set", f"parallel.rank0={rank0}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        tokens[rank0] = json.loads(result.stdout)["token_ids"]
+    assert tokens["process"] == tokens["driver"]
