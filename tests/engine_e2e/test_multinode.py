@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from rt.core.host import free_port
 
 from tests.conftest import run_rt
@@ -13,7 +14,8 @@ from tests.conftest import run_rt
 PROMPT = "The quick brown fox"
 
 
-def test_rt_worker_joins_the_driver_and_tokens_match_tp1(tiny_llama):
+@pytest.mark.parametrize("rank0", ["driver", "process"])
+def test_rt_worker_joins_the_driver_and_tokens_match_tp1(tiny_llama, rank0):
     port = free_port()
     worker = subprocess.Popen(
         [
@@ -49,6 +51,8 @@ def test_rt_worker_joins_the_driver_and_tokens_match_tp1(tiny_llama):
             "parallel.local_ranks=1",
             "--set",
             f"parallel.master_port={port}",
+            "--set",
+            f"parallel.rank0={rank0}",
         )
         assert driver.returncode == 0, driver.stderr[-3000:]
         _, worker_err = worker.communicate(timeout=60)
