@@ -1,8 +1,8 @@
 """The ``rt`` command. Subcommands come from plugins through ``rt_register_commands``.
 
 Start-up of the CLI itself, in order: parse the options that decide which plugins
-load (``--plugins``, ``--profile``, ``--config``, ``--set``) wherever they sit on
-the command line; read entry points; select; build a fresh plugin manager; let
+load (``--plugins``, ``--profile``, ``--config``, ``--set``) and what may start at
+CLI entry (``--sequential-startup``) wherever they sit on the command line; read entry points; select; build a fresh plugin manager; let
 plugins register commands and options; parse the full command line; run the
 handler. No torch is imported on this path.
 """
@@ -81,9 +81,19 @@ def _early_args(argv: Sequence[str]) -> tuple[argparse.Namespace, str]:
     """The plugin/config options wherever they are, and the subcommand name ("" if none)."""
     parser = argparse.ArgumentParser(add_help=False)
     add_config_options(parser, suppress=False)
+    # The one dedicated flag that decides what may start at CLI entry (rt_cli_start):
+    # the sequential baseline overlaps nothing, so its imports must not start early.
+    parser.add_argument("--sequential-startup", dest="sequential_startup", action="store_true")
     early, rest = parser.parse_known_args(list(argv))
     command = next((a for a in rest if not a.startswith("-")), "")
     return early, command
+
+
+def _early_pairs(early: argparse.Namespace) -> list[tuple[str, object, str]]:
+    pairs = config_option_pairs(early)
+    if early.sequential_startup:
+        pairs.append(("startup.sequential", True, "--sequential-startup"))
+    return pairs
 
 
 def build_parser(pm: RtPluginManager) -> argparse.ArgumentParser:
@@ -117,7 +127,7 @@ def _run(argv: Sequence[str]) -> int:
     early, command = _early_args(argv)
     # The plugin spec may come from the profile, the config file, RT_PLUGINS and
     # --plugins; resolving the config here also reports a bad file before anything runs.
-    base = load_config(early.profile, early.config, os.environ, config_option_pairs(early))
+    base = load_config(early.profile, early.config, os.environ, _early_pairs(early))
     catalog = discover()
     selection = select(catalog, base.plugins)
     pm, stages = build_plugin_manager(selection)

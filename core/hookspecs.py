@@ -67,14 +67,16 @@ def rt_cli_start(command: str, config: Any) -> None:
     background work (such as importing torch) that a later stage will want done.
 
     ``command`` is the subcommand name ("serve", "generate", ...; "" for none);
-    ``config`` is resolved from the profile, config file, environment and ``--set``
-    (dedicated flags such as ``--tp`` are not parsed yet). Must return at once.
+    ``config`` is resolved from the profile, config file, environment, ``--set`` and
+    ``--sequential-startup`` (other dedicated flags such as ``--tp`` are not parsed
+    yet). With ``config.startup.sequential`` nothing may start early: the sequential
+    baseline overlaps nothing. Must return at once.
 
     Example::
 
         @hookimpl
         def rt_cli_start(command, config):
-            if command == "serve" and config.preload.import_modules:
+            if command == "serve" and not config.startup.sequential:
                 threading.Thread(target=importlib.import_module, args=("torch",),
                                  daemon=True).start()
     """

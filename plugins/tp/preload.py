@@ -84,7 +84,12 @@ class ImportModules:
 
     @hookimpl
     def rt_cli_start(self, command: str, config: Any) -> None:
-        if command in ENGINE_COMMANDS and config.preload.import_modules and self._early is None:
+        if (
+            command in ENGINE_COMMANDS
+            and config.preload.import_modules
+            and not config.startup.sequential  # the baseline imports inline, in its stage
+            and self._early is None
+        ):
             work = _import_plan(config, command)
             self._early = _Early("rt-preload-imports", _import_all, *work)
 
@@ -161,6 +166,7 @@ class Forkserver:
             command in DRIVER_COMMANDS
             and config.preload.forkserver
             and config.parallel.rank0 == "process"
+            and not config.startup.sequential
             and self._early is None
         ):
             # Not in a thread: spawning the server takes ~40 ms of this thread, and a

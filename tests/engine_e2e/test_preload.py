@@ -89,3 +89,25 @@ def test_loading_torch_libraries_early_can_be_switched_off(tiny_llama):
         assert imports.outcome == "ok" and "torch_libraries" not in imports.notes
     finally:
         runtime.shutdown()
+
+
+def test_sequential_startup_starts_nothing_at_cli_entry(tiny_llama, tmp_path):
+    """--sequential-startup is the baseline: the imports run inside the preload stage,
+    not from CLI entry beside everything else."""
+    import json
+
+    from tests.conftest import run_rt
+
+    trace = tmp_path / "trace.json"
+    result = run_rt(
+        "generate", str(tiny_llama), "Hi", "--max-tokens", "2", "--sequential-startup",
+        "--startup-trace", str(trace),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    stage = next(e for e in events if e["name"] == "preload" and e["cat"] == "stage")
+    task = next(
+        e for e in events if e["cat"] == "task" and e["args"]["plugin"] == "preload-imports"
+    )
+    assert "started" not in task["args"]["notes"]
+    assert task["ts"] >= stage["ts"], "the import began inside the preload stage"
