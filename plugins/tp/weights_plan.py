@@ -20,7 +20,7 @@ from rt.plugins.tp.build_once import MARKER
 from rt.plugins.tp.cores import decode_parts
 
 # Bump when the prepared layout changes (see prepared_weights.py and layers/cpu_layout.py).
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 PREPARED_FILE = "weights.safetensors"
 
 

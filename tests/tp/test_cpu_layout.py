@@ -1,5 +1,6 @@
-"""The CPU decode layout: split, column- and row-major weights compute exactly what
-the plain ``[out, in]`` matrix does, and prepared weights map back to the same layout."""
+"""The CPU decode layout: split row-major blocks and 2-D column- or row-major weights
+compute exactly what the plain ``[out, in]`` matrix does, and prepared weights map back
+to the same layout."""
 
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ def test_linear_in_every_layout_matches_f_linear(parts, shape, tokens):
 
 def test_split_layout_depends_on_shape_and_divisibility():
     tall, wide = torch.randn(192, 64), torch.randn(64, 192)
-    assert split_weight(tall, 2).shape == (2, 64, 96) and split_weight(tall, 2).is_contiguous()
-    # wide blocks stay row-major: the [P, in, h] view of contiguous [P, h, in] blocks
-    assert split_weight(wide, 2).shape == (2, 192, 32)
-    assert split_weight(wide, 2).transpose(1, 2).is_contiguous()
+    # split blocks are row-major whatever the shape: the [P, in, h] view of [P, h, in]
+    for w, shape in ((tall, (2, 64, 96)), (wide, (2, 192, 32))):
+        laid = split_weight(w, 2)
+        assert laid.shape == shape and laid.transpose(1, 2).is_contiguous()
     assert split_weight(torch.randn(100, 64), 3).dim() == 2  # 100 rows do not split in 3
     assert split_weight(torch.randn(40, 64), 2).dim() == 2  # 20-column blocks are too narrow
-    assert split_weight(tall, 1).t().is_contiguous()  # one part: column-major
+    assert split_weight(tall, 1).t().is_contiguous()  # one part, tall: column-major
+    assert split_weight(wide, 1).is_contiguous()  # one part, wide: row-major
 
 
 @pytest.mark.parametrize("parts", [1, 2])
