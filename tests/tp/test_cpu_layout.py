@@ -24,7 +24,7 @@ from .tiny_models import write_checkpoint
 
 @pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(192, 64), (64, 192), (96, 96), (100, 64)])
-@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("tokens", [1, 5, 40])
 def test_linear_in_every_layout_matches_f_linear(parts, shape, tokens):
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(shape, generator=gen)

@@ -10,9 +10,11 @@ Measured on a 2-core EPYC (Zen 4), 30 layers plus the LM head per token:
   blocks as one ``bmm`` (one block per thread) streams ~1.5x faster.
 * Which way round the ``bmm`` runs matters as much: ``y^T = W x^T`` over row-major
   blocks ``[P, h, in]`` took 14-20 ms a token where ``y = x W^T`` over column-major
-  blocks ``[P, in, h]`` took 23-26 ms, and it keeps that lead for several tokens at
-  once (T=2: 16-22 against 39-41 ms; T=4: 27-33 against 38-43 ms; T=128: 240 against
-  268 ms), so small decode batches and short prefills gain most.
+  blocks ``[P, in, h]`` took 23-26 ms, and it keeps that lead for a few tokens at once
+  (T=2: 16-22 against 39-41 ms; T=4: 27-33 against 38-43 ms), so decode steps and small
+  batches gain most. Past ~16 tokens (prefill) transposing its ``[P, h, T]`` output
+  costs more than the product saves, and ``y = x W^T`` over the same row-major blocks
+  (viewed transposed) is as fast as the column-major blocks were (:data:`GEMV_MAX_TOKENS`).
 
 So on CPU each linear weight ``W [out, in]`` is split by output rows into ``parts``
 row-major blocks, held as the ``[parts, in, out/parts]`` view of that ``[parts,
@@ -33,6 +35,10 @@ import torch.nn.functional as F
 
 # A block narrower than this gains nothing from its own thread.
 MIN_BLOCK_COLUMNS = 32
+# Up to this many tokens a step multiplies W x^T (one pass over the weights that serves
+# every token); beyond, x W^T with a cheaper output copy: the two met at 16 tokens
+# (62 ms a pass over SmolLM2's layers), and at 64 x W^T took 156 ms against 194.
+GEMV_MAX_TOKENS = 16
 
 
 def _tall(out_features: int, in_features: int) -> bool:
@@ -62,6 +68,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         return F.linear(x, weight, bias)
     parts, in_features, h = weight.shape
     tokens = x.shape[0]
+    if tokens > GEMV_MAX_TOKENS:
+        # y = x W^T, blockwise: [P, T, in] @ [P, in, h] -> [P, T, h], then [T, P*h]:
+        # for many tokens this output's copy is cheaper than transposing [P, h, T].
+        y = torch.bmm(x.unsqueeze(0).expand(parts, tokens, in_features), weight)
+        y = y.transpose(0, 1).reshape(tokens, parts * h)
+        return y if bias is None else y.add_(bias)
     # y^T = W x^T, blockwise: [P, h, in] @ [P, in, T] -> [P, h, T]. x^T stays a view:
     # MKL takes it as a transposed operand (a contiguous copy was 4x slower at T=2).
     y = torch.bmm(weight.transpose(1, 2), x.t().unsqueeze(0).expand(parts, in_features, tokens))
