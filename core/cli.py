@@ -2,9 +2,9 @@
 
 Start-up of the CLI itself, in order: parse the options that decide which plugins
 load (``--plugins``, ``--profile``, ``--config``, ``--set``) and what may start at
-CLI entry (``--sequential-startup``) wherever they sit on the command line; read entry points; select; build a fresh plugin manager; let
-plugins register commands and options; parse the full command line; run the
-handler. No torch is imported on this path.
+CLI entry (``--sequential-startup``) wherever they sit on the command line; read
+entry points; select; build a fresh plugin manager; let plugins register commands
+and options; parse the full command line; run the handler. No torch is imported on this path.
 """
 
 from __future__ import annotations

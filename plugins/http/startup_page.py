@@ -45,7 +45,7 @@ def _rows(spans: list[Span]) -> list[tuple[Span, int]]:
         # Its stage span began before it, except for work started at CLI entry
         # (preload's early imports and forkserver), which the stage only records.
         started = [st for st in same if st.start <= s.start + 1e-6]
-        owner = (started or same or [None])[-1 if started else 0]
+        owner = started[-1] if started else (same[0] if same else None)
         if owner is not None:
             children[id(owner)].append(s)
     rows: list[tuple[Span, int]] = []

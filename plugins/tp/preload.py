@@ -75,32 +75,46 @@ def _background(runtime: Any, plugin: str, work: Any, *args: Any) -> threading.T
     return thread
 
 
-class ImportModules:
-    """Starts the imports at CLI entry (``rt_cli_start``) when the command runs an
-    engine, else when the preload stage runs; the stage records the work either way."""
+class _StartsAtCliEntry:
+    """A preload plugin whose work may start at CLI entry (``rt_cli_start``); its
+    ``rt_preload`` then records that work instead of starting it."""
+
+    plugin = ""
 
     def __init__(self) -> None:
         self._early: _Early | None = None
 
-    @hookimpl
-    def rt_cli_start(self, command: str, config: Any) -> None:
-        if (
-            command in ENGINE_COMMANDS
-            and config.preload.import_modules
-            and not config.startup.sequential  # the baseline imports inline, in its stage
-            and self._early is None
-        ):
-            work = _import_plan(config, command)
-            self._early = _Early("rt-preload-imports", _import_all, *work)
+    def _start_early(self, config: Any, work: Any, *args: Any, thread: bool = True) -> None:
+        # The sequential baseline overlaps nothing: its preload work runs in its stage.
+        if not config.startup.sequential and self._early is None:
+            self._early = _Early(f"rt-{self.plugin}", work, *args, thread=thread)
 
-    @hookimpl
-    def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
-        if not config.preload.import_modules:
-            raise SkipStage("preload.import_modules is off")
+    def _record_early(self, runtime: Any) -> threading.Thread | None:
         early, self._early = self._early, None
         if early is None:
-            return _background(runtime, "preload-imports", _import_all, *_import_plan(config, None))
-        return _background(runtime, "preload-imports", early.record, runtime)
+            return None
+        return _background(runtime, self.plugin, early.record, runtime)
+
+
+class ImportModules(_StartsAtCliEntry):
+    """Starts the imports at CLI entry (``rt_cli_start``) when the command runs an
+    engine, else when the preload stage runs; the stage records the work either way."""
+
+    plugin = "preload-imports"
+
+    @hookimpl
+    def rt_cli_start(self, command: str, config: Any) -> None:
+        if command in ENGINE_COMMANDS and config.preload.import_modules:
+            self._start_early(config, _import_all, *_import_plan(config, command))
+
+    @hookimpl
+    def rt_preload(self, config: Any, runtime: Any) -> threading.Thread | None:
+        if not config.preload.import_modules:
+            raise SkipStage("preload.import_modules is off")
+        recorded = self._record_early(runtime)
+        if recorded is not None:
+            return recorded
+        return _background(runtime, self.plugin, _import_all, *_import_plan(config, None))
 
 
 def _import_plan(config: Any, command: str | None) -> tuple[bool, tuple[str, ...]]:
@@ -154,36 +168,30 @@ def _import_all(torch_libraries: bool, modules: tuple[str, ...]) -> dict[str, An
     return notes
 
 
-class Forkserver:
-    def __init__(self) -> None:
-        self._early: _Early | None = None
+class Forkserver(_StartsAtCliEntry):
+    plugin = "preload-forkserver"
 
     @hookimpl
     def rt_cli_start(self, command: str, config: Any) -> None:
         # --tp is not parsed yet here, but parallel.rank0 is: rank 0 is forked from
-        # the forkserver, whatever the TP size, so start it now.
-        if (
-            command in DRIVER_COMMANDS
-            and config.preload.forkserver
-            and config.parallel.rank0 == "process"
-            and not config.startup.sequential
-            and self._early is None
-        ):
-            # Not in a thread: spawning the server takes ~40 ms of this thread, and a
-            # thread taking turns with the CLI for the GIL spawned it ~0.1 s later.
-            self._early = _Early("rt-preload-forkserver", start_forkserver, thread=False)
+        # the forkserver, whatever the TP size, so start it now. Not in a thread:
+        # spawning the server takes ~40 ms of this thread, and a thread taking turns
+        # with the CLI for the GIL spawned it ~0.1 s later.
+        if command in DRIVER_COMMANDS and config.preload.forkserver:
+            if _rank0_elsewhere(command, config):
+                self._start_early(config, start_forkserver, thread=False)
 
     @hookimpl
-    def rt_preload(self, config: Any, runtime: Any) -> threading.Thread:
+    def rt_preload(self, config: Any, runtime: Any) -> threading.Thread | None:
         if not config.preload.forkserver:
             raise SkipStage("preload.forkserver is off")
-        early, self._early = self._early, None
-        if early is not None:
-            return _background(runtime, "preload-forkserver", early.record, runtime)
+        recorded = self._record_early(runtime)
+        if recorded is not None:
+            return recorded
         local = min(config.parallel.local_ranks or config.parallel.tp, config.parallel.tp)
         if local <= 1 and not _rank0_elsewhere(None, config):
             raise SkipStage("TP=1 on this node: no worker process to fork")
-        return _background(runtime, "preload-forkserver", start_forkserver)
+        return _background(runtime, self.plugin, start_forkserver)
 
 
 def start_forkserver() -> dict[str, Any]:
