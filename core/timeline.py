@@ -92,8 +92,11 @@ class Timeline:
         return span
 
     def end(self, span: Span, outcome: Outcome, reason: str | None = None) -> None:
+        """Close ``span`` now, unless its block already set when it ended (work that
+        finished before it was recorded, as preload's CLI-entry work does)."""
         with self._lock:
-            span.end = time.time()
+            if span.end is None:
+                span.end = time.time()
             span.outcome = outcome
             span.reason = reason
 

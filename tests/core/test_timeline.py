@@ -7,6 +7,7 @@ import json
 import pytest
 from rt.core import Stage, hookimpl, note
 from rt.core.startup import run_startup
+from rt.core.timeline import Timeline
 from rt.core.timeline_export import to_chrome_trace, to_json, to_table
 
 from tests.conftest import run_rt, write_distribution
@@ -153,3 +154,10 @@ def test_serve_without_a_frontend_plugin_says_which_stage_has_no_implementation(
         "stage 'frontend' is required, but no selected plugin implements 'rt_frontend'"
         in result.stderr
     )
+
+
+def test_a_span_keeps_an_end_its_block_set():
+    timeline = Timeline()
+    with timeline.span("preload", "early", kind="task") as span:
+        span.end = span.start + 0.01  # the work finished before it was recorded
+    assert span.duration == pytest.approx(0.01) and span.outcome == "ok"
