@@ -111,3 +111,25 @@ def test_sequential_startup_starts_nothing_at_cli_entry(tiny_llama, tmp_path):
     )
     assert "started" not in task["args"]["notes"]
     assert task["ts"] >= stage["ts"], "the import began inside the preload stage"
+
+
+def test_work_started_at_cli_entry_is_timed_from_its_start_to_its_end():
+    """Work that began (and maybe finished) before the preload stage records it keeps
+    its own start and end in the timeline, not the stage's."""
+    import types
+
+    from rt.core.timeline import Timeline
+    from rt.plugins.tp.preload import _background, _Early
+
+    early = _Early("rt-test", lambda: time.sleep(0.05) or {"done": 1}, thread=False)
+    time.sleep(0.1)  # the preload stage runs well after the work ended
+    timeline = Timeline()
+    runtime = types.SimpleNamespace(
+        timeline=timeline,
+        config=types.SimpleNamespace(startup=types.SimpleNamespace(sequential=True)),
+    )
+    _background(runtime, "preload-test", early.record, runtime)
+    (span,) = timeline.spans()
+    assert (span.start, span.end) == (early.start, early.end)
+    assert 0.04 < span.end - span.start < 0.09
+    assert span.notes == {"done": 1, "started": "at CLI entry"}
