@@ -88,12 +88,13 @@ class Catalog:
         return next((p for p in self.plugins if p.name == name), None)
 
 
-def _entries(group: str, cls: type) -> tuple:
+def _entries(installed: md.EntryPoints, group: str, cls: type, versions: dict[str, str]) -> tuple:
     found: dict[str, object] = {}
-    for ep in md.entry_points(group=group):
+    for ep in installed.select(group=group):
         dist = ep.dist.name if ep.dist is not None else "unknown"
-        version = ep.dist.version if ep.dist is not None else "?"
-        entry = cls(ep.name, ep.value, dist, version)
+        if dist not in versions:  # each read parses the distribution's METADATA file
+            versions[dist] = ep.dist.version if ep.dist is not None else "?"
+        entry = cls(ep.name, ep.value, dist, versions[dist])
         previous = found.get(ep.name)
         # The same distribution can be visible twice on sys.path (an editable
         # install plus a source checkout); only a real clash is an error.
@@ -109,6 +110,10 @@ def _entries(group: str, cls: type) -> tuple:
 
 def discover() -> Catalog:
     """Read (never load) every installed plugin and stage entry point."""
+    # One pass over the installed distributions serves both groups (on every CLI start).
+    installed = md.entry_points()
+    versions: dict[str, str] = {}
     return Catalog(
-        plugins=_entries(PLUGIN_GROUP, PluginEntry), stages=_entries(STAGE_GROUP, StageEntry)
+        plugins=_entries(installed, PLUGIN_GROUP, PluginEntry, versions),
+        stages=_entries(installed, STAGE_GROUP, StageEntry, versions),
     )
