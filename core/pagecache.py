@@ -11,6 +11,7 @@ refused) every window counts as missing, which is what a plain read does.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ MAP_SHARED = 1
 _LOW_BIT = bytes(b & 1 for b in range(256))
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None

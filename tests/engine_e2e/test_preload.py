@@ -133,3 +133,21 @@ def test_work_started_at_cli_entry_is_timed_from_its_start_to_its_end():
     assert (span.start, span.end) == (early.start, early.end)
     assert 0.04 < span.end - span.start < 0.09
     assert span.notes == {"done": 1, "started": "at CLI entry"}
+
+
+def test_gc_paused_restores_the_collector_as_it_found_it():
+    import gc
+
+    from rt.plugins.tp.paused_gc import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled(), "a collector someone else paused stays paused"
+    finally:
+        gc.enable()
