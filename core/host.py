@@ -25,6 +25,12 @@ def read_whole(path: str | Path, buffer: memoryview) -> None:
             pass
 
 
+def listening_socket(host: str, port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: the OS picks) and already listening, so
+    connections to it succeed (queued) before anyone accepts them."""
+    return socket.create_server((host, port), backlog=128)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on now (the OS picks it)."""
     with socket.socket() as s:

@@ -1,7 +1,8 @@
 """torch.distributed set-up shared by the driver (rank 0) and the worker ranks.
 
-Rendezvous is ``env://`` (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK), so a
-multi-node launch only has to set those variables. Besides the default group
+Rendezvous is a TCP store that rank 0 serves at MASTER_ADDR:MASTER_PORT (the
+variables are set as ``env://`` would read them), so a multi-node launch only has to
+agree on that address. Besides the default group
 (NCCL on GPU, gloo on CPU; the model's all-reduce and all-gather) every rank
 creates two CPU (gloo) groups right after init, in the same order: ``control``
 for startup agreements (KV block count) and ``broadcast`` for the step-metadata
@@ -12,6 +13,7 @@ collectives interleaving on one group.
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -42,8 +44,17 @@ def init_distributed(
     master_port: int,
     backend: str,
     device: torch.device,
+    store_listener: socket.socket | None = None,
 ) -> dict[str, Any]:
-    """Join the process group; return ``{"world": ..., "control": ..., "broadcast": ...}``."""
+    """Join the process group; return ``{"world": ..., "control": ..., "broadcast": ...}``.
+
+    Rank 0 serves the rendezvous store. Given ``store_listener`` (a socket the driver
+    bound to ``master_port`` and put in listening state before starting any rank), it
+    serves on that socket, and takes it over. Why: a rank whose connection is refused
+    because rank 0 is not listening yet backs off for ~0.5 s before retrying; forked
+    from one forkserver, ranks 1..N-1 often get there first (``init_process_group`` took
+    ~0.6 s at TP=3 where a listening socket made it ~20 ms).
+    """
     import torch.distributed as dist
 
     os.environ.update(
@@ -54,9 +65,18 @@ def init_distributed(
     )
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    listen_fd = store_listener.detach() if rank == 0 and store_listener is not None else None
+    store = dist.TCPStore(
+        master_addr,
+        master_port,
+        world_size,
+        is_master=rank == 0,
+        timeout=COLLECTIVE_TIMEOUT,
+        master_listen_fd=listen_fd,
+    )
     dist.init_process_group(
         backend=pick_backend(backend, device),
-        init_method="env://",
+        store=store,
         rank=rank,
         world_size=world_size,
         timeout=COLLECTIVE_TIMEOUT,

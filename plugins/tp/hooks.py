@@ -125,7 +125,7 @@ class TPWorkers:
 
 @hookimpl(trylast=True)
 def rt_start_workers(config: Any, runtime: Any) -> Any:
-    from rt.core.host import free_port
+    from rt.core.host import listening_socket
     from rt.plugins.tp.model_config import ModelConfig
     from rt.plugins.tp.rank_main import RankSpec
     from rt.plugins.tp.workers import WorkerGroup
@@ -156,21 +156,33 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
             f"ranks {local}..{tp - 1} join from other nodes, so they need a known port: "
             "set parallel.master_port (and parallel.master_addr to this node's address)"
         )
-    port = config.parallel.master_port or free_port(config.parallel.master_addr)
+    # Rank 0 serves the rendezvous store on a socket that listens before any rank
+    # starts, so no rank's first connection is refused (see init_distributed).
+    listener = None
+    if tp > 1:
+        listener = listening_socket(config.parallel.master_addr, config.parallel.master_port)
+    port = listener.getsockname()[1] if listener is not None else 0
     # Ranks load the folder this stage resolved, never re-resolve a hub id themselves.
     rank_config = attrs.evolve(config, model=attrs.evolve(config.model, source=str(model.path)))
     specs = [
         RankSpec(r, tp, config.parallel.master_addr, port, rank_config, runtime.selection)
         for r in range(1 if rank0_here else 0, local)
     ]
-    group = WorkerGroup.start(specs)
+    try:
+        group = WorkerGroup.start(specs, store_listener=None if rank0_here else listener)
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
+    if listener is not None and not rank0_here:
+        listener.close()  # rank 0's process holds its own copy
     runtime.services["workers"] = group
     group.on_death(lambda reason: _on_rank_death(runtime, reason))
     if rank0_here:
         from rt.plugins.tp.distributed import init_distributed
 
         runtime.services["process_groups"] = init_distributed(
-            0, tp, config.parallel.master_addr, port, config.parallel.backend, device
+            0, tp, config.parallel.master_addr, port, config.parallel.backend, device, listener
         )
     else:
         note("rank0", "own process")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import signal
+import socket
 import traceback
 from multiprocessing.connection import Connection
 
@@ -45,11 +46,15 @@ def _die_with_parent() -> None:
 
 
 def rank_main(
-    spec: RankSpec, conn: Connection | None, driver_steps: Connection | None = None
+    spec: RankSpec,
+    conn: Connection | None,
+    driver_steps: Connection | None = None,
+    store_listener: socket.socket | None = None,
 ) -> None:
     """Run one worker rank to the end. ``conn`` reports to a driver on this node;
     a rank started by ``rt worker`` on another node has none. ``driver_steps``:
-    rank 0's step pipe from the driver."""
+    rank 0's step pipe from the driver; ``store_listener``: rank 0's listening socket
+    for the rendezvous store (``distributed.init_distributed``)."""
     if conn is not None:
         _die_with_parent()
     # What the forkserver imported (torch: hundreds of thousands of objects) is there
@@ -74,6 +79,7 @@ def rank_main(
                 spec.master_port,
                 spec.config.parallel.backend,
                 device,
+                store_listener,
             )
         runtime = create_runtime(
             spec.config,

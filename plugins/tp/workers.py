@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
@@ -55,7 +56,14 @@ class WorkerGroup:
         self.dead: str | None = None
 
     @classmethod
-    def start(cls, specs: list[RankSpec], method: str = "forkserver") -> WorkerGroup:
+    def start(
+        cls,
+        specs: list[RankSpec],
+        method: str = "forkserver",
+        store_listener: socket.socket | None = None,
+    ) -> WorkerGroup:
+        """Start a process per spec. ``store_listener`` goes to rank 0's process, which
+        serves the rendezvous store on it; the caller closes its own copy after."""
         group = cls()
         ctx = mp.get_context(method)
         if method == "forkserver":
@@ -65,9 +73,10 @@ class WorkerGroup:
             steps = None
             if spec.rank == 0:
                 group.rank0_conn, steps = ctx.Pipe(duplex=True)
+            listener = store_listener if spec.rank == 0 else None
             proc = ctx.Process(
                 target=rank_main,
-                args=(spec, child, steps),
+                args=(spec, child, steps, listener),
                 name=f"rt-rank-{spec.rank}",
                 daemon=True,
             )
