@@ -125,7 +125,6 @@ class TPWorkers:
 
 @hookimpl(trylast=True)
 def rt_start_workers(config: Any, runtime: Any) -> Any:
-    from rt.core.host import listening_socket
     from rt.plugins.tp.model_config import ModelConfig
     from rt.plugins.tp.rank_main import RankSpec
     from rt.plugins.tp.workers import WorkerGroup
@@ -158,9 +157,7 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
         )
     # Rank 0 serves the rendezvous store on a socket that listens before any rank
     # starts, so no rank's first connection is refused (see init_distributed).
-    listener = None
-    if tp > 1:
-        listener = listening_socket(config.parallel.master_addr, config.parallel.master_port)
+    listener = _store_listener(config) if tp > 1 else None
     port = listener.getsockname()[1] if listener is not None else 0
     # Ranks load the folder this stage resolved, never re-resolve a hub id themselves.
     rank_config = attrs.evolve(config, model=attrs.evolve(config.model, source=str(model.path)))
@@ -188,6 +185,21 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
         note("rank0", "own process")
     note("ranks", tp)
     return TPWorkers(world_size=tp, device=device and str(device), group=group)
+
+
+def _store_listener(config: Any) -> Any:
+    """The listening socket rank 0 serves the rendezvous store on."""
+    from rt.core.host import listening_socket
+
+    addr, port = config.parallel.master_addr, config.parallel.master_port
+    try:
+        return listening_socket(addr, port)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on parallel.master_addr:master_port = {addr}:{port} for the "
+            f"ranks' rendezvous ({e.strerror or e}); use an address of this node and a "
+            "free port (master_port = 0 picks one when every rank runs here)"
+        ) from None
 
 
 def _on_rank_death(runtime: Any, reason: str) -> None:

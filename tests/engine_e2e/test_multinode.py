@@ -1,4 +1,4 @@
-"""A rank that joins from "another node" with `rt worker` (env:// rendezvous on loopback)."""
+"""A rank that joins from "another node" with `rt worker` (TCP-store rendezvous on loopback)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,22 @@ def test_remote_ranks_need_a_fixed_port(tiny_llama):
     )
     assert result.returncode != 0
     assert "set parallel.master_port" in result.stderr
+
+
+def test_a_rendezvous_port_in_use_is_named_with_the_fix(tiny_llama):
+    from rt.core.host import listening_socket
+
+    with listening_socket("127.0.0.1") as taken:
+        port = taken.getsockname()[1]
+        result = run_rt(
+            "generate",
+            str(tiny_llama),
+            PROMPT,
+            "--tp",
+            "2",
+            "--set",
+            f"parallel.master_port={port}",
+        )
+    assert result.returncode != 0
+    assert f"cannot listen on parallel.master_addr:master_port = 127.0.0.1:{port}" in result.stderr
+    assert "free port" in result.stderr
