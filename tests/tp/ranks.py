@@ -7,18 +7,18 @@ import traceback
 
 import torch
 import torch.multiprocessing as mp
-from rt.core.host import free_port
+from rt.core.host import listening_socket
+from rt.plugins.tp.distributed import init_distributed
 from rt.plugins.tp.parallel import ParallelContext
 
 
-def _rank_main(rank: int, world_size: int, port: int, fn, args, results) -> None:
+def _rank_main(rank: int, world_size: int, port: int, listener, fn, args, results) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     try:
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-        )
+        # rt's own rendezvous: rank 0 serves the store on the parent's listening socket
+        init_distributed(rank, world_size, "127.0.0.1", port, "gloo", torch.device("cpu"), listener)
         value = fn(ParallelContext.from_distributed("cpu"), *args)
         # plain pickle copies tensors by value; the queue's own pickler would share them
         # through file descriptors that die with this process
@@ -39,13 +39,20 @@ def run_ranks(
     answering = tuple(range(world_size)) if answering is None else answering
     spawn = mp.get_context("spawn")
     results = spawn.Queue()
-    port = free_port()
+    listener = listening_socket("127.0.0.1")
+    port = listener.getsockname()[1]
     procs = [
-        spawn.Process(target=_rank_main, args=(r, world_size, port, fn, args, results))
+        spawn.Process(
+            target=_rank_main,
+            args=(r, world_size, port, listener if r == 0 else None, fn, args, results),
+        )
         for r in range(world_size)
     ]
-    for p in procs:
-        p.start()
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        listener.close()  # rank 0 has its own copy
     try:
         got = dict()
         for _ in answering:
