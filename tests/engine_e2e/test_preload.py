@@ -68,9 +68,13 @@ def test_prefetch_reads_exactly_the_weight_files_load_weights_opens(
         runtime = start_runtime(tiny_llama)
         try:
             runner = runtime.result("load-weights")
-            prefetched = [Path(f) for f in _task(runtime, "preload-prefetch").notes["files"]]
+            task = _task(runtime, "preload-prefetch")
+            prefetched = [Path(f) for f in task.notes["files"]]
             weights = [f for f in prefetched if f.suffix == ".safetensors"]
             assert weights == runner.opened_files
+            # every byte of those files was read, or found in the page cache already
+            assert task.notes["read"] + task.notes["already_cached"] == task.notes["bytes"]
+            assert task.notes["bytes"] == sum(p.stat().st_size for p in prefetched)
             hook = next(
                 s
                 for s in runtime.timeline.spans()
