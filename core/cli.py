@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -131,6 +132,7 @@ def _run(argv: Sequence[str]) -> int:
     catalog = discover()
     selection = select(catalog, base.plugins)
     pm, stages = build_plugin_manager(selection)
+    cli_start = time.time()
     pm.hook.rt_cli_start(command=command, config=base)
     parser = build_parser(pm)
     args = parser.parse_args(list(argv))
@@ -138,7 +140,7 @@ def _run(argv: Sequence[str]) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    cli = CliContext(early=early, catalog=catalog, selection=selection, pm=pm, stages=stages)
+    cli = CliContext(early, catalog, selection, pm, stages, cli_start)
     return int(handler(args, cli) or 0)
 
 

@@ -18,6 +18,7 @@ from rt.core.runtime import Runtime
 from rt.core.selection import Selection
 from rt.core.stage import Stage
 from rt.core.startup import create_runtime
+from rt.core.timeline import Span
 
 
 def config_option_pairs(ns: argparse.Namespace) -> list[tuple[str, Any, str]]:
@@ -47,6 +48,9 @@ class CliContext:
     selection: Selection
     pm: RtPluginManager
     stages: list[Stage]
+    # When the CLI reached rt_cli_start (time.time()): Python's start, rt's imports,
+    # the entry points and the plugin manager all came before it.
+    cli_start: float | None = None
 
     def config(
         self,
@@ -59,8 +63,32 @@ class CliContext:
         return load_config(profile or self.early.profile, self.early.config, os.environ, pairs)
 
     def create_runtime(self, config: Config, exclude: Iterable[str] = ()) -> Runtime:
-        """A driver runtime with its own fresh plugin manager (not the CLI's)."""
-        return create_runtime(config, self.selection, exclude=exclude)
+        """A driver runtime with its own fresh plugin manager (not the CLI's). Its
+        timeline starts with a ``cli`` span: launch to ``rt_cli_start``."""
+        runtime = create_runtime(config, self.selection, exclude=exclude)
+        if self.cli_start is not None:
+            timeline = runtime.timeline
+            covers = "Python start, rt imports, entry points, plugin manager"
+            pid = os.getpid()
+            start, end = timeline.origin, self.cli_start
+            timeline.add(
+                [
+                    Span(
+                        "cli",
+                        None,
+                        0,
+                        pid,
+                        "MainThread",
+                        start,
+                        end,
+                        "ok",
+                        "stage",
+                        None,
+                        {"covers": covers},
+                    )
+                ]
+            )
+        return runtime
 
 
 def print_json(data: object) -> None:

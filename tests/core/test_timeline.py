@@ -145,6 +145,13 @@ def test_serve_startup_only_prints_timeline_and_writes_trace(site_dir, tmp_path)
         e for e in data["traceEvents"] if e["name"] == "p2p-check" and e.get("cat") == "stage"
     )
     assert p2p["args"]["outcome"] == "skipped"
+    # The CLI's own start (launch to rt_cli_start) is the first span, from launch.
+    cli = next(e for e in data["traceEvents"] if e["name"] == "cli" and e.get("cat") == "stage")
+    first = min(e["ts"] for e in data["traceEvents"] if e["ph"] == "X")
+    assert cli["ts"] == first and cli["dur"] > 0
+    lines = result.stderr.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage "))
+    assert lines[header + 2].startswith("cli "), "the table's first row is the CLI's start"
 
 
 def test_serve_without_a_frontend_plugin_says_which_stage_has_no_implementation():
