@@ -67,27 +67,18 @@ class CliContext:
         timeline starts with a ``cli`` span: launch to ``rt_cli_start``."""
         runtime = create_runtime(config, self.selection, exclude=exclude)
         if self.cli_start is not None:
-            timeline = runtime.timeline
-            covers = "Python start, rt imports, entry points, plugin manager"
-            pid = os.getpid()
-            start, end = timeline.origin, self.cli_start
-            timeline.add(
-                [
-                    Span(
-                        "cli",
-                        None,
-                        0,
-                        pid,
-                        "MainThread",
-                        start,
-                        end,
-                        "ok",
-                        "stage",
-                        None,
-                        {"covers": covers},
-                    )
-                ]
+            span = Span(
+                stage="cli",
+                plugin=None,
+                rank=0,
+                pid=os.getpid(),
+                thread="MainThread",
+                start=runtime.timeline.origin,
+                end=self.cli_start,
+                outcome="ok",
+                notes={"covers": "Python start, rt imports, entry points, plugin manager"},
             )
+            runtime.timeline.add([span])
         return runtime
 
 
