@@ -1,13 +1,10 @@
-"""What this host offers the processes rt starts: usable CPU cores, the page cache, a free
-port (no torch)."""
+"""What this host offers the processes rt starts: usable CPU cores, ports and a listening
+socket (no torch). The page cache has its own module, ``pagecache.py``."""
 
 from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
-
-READ_CHUNK = 8 * 1024 * 1024  # large sequential reads: the page cache fills at disk speed
 
 
 def usable_cores() -> int:
@@ -15,14 +12,6 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def read_whole(path: str | Path, buffer: memoryview) -> None:
-    """Read a file end to end through ``buffer`` (reused by the caller), so the page
-    cache holds it; the bytes themselves are not kept."""
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buffer):
-            pass
 
 
 def listening_socket(host: str, port: int = 0) -> socket.socket:

@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+READ_CHUNK = 8 * 1024 * 1024  # large sequential reads: the page cache fills at disk speed
 PROT_READ = 1
 MAP_SHARED = 1
 # mincore defines only the low bit of each byte; this table keeps just that bit.

@@ -141,12 +141,12 @@ def _model_files(cli: CliContext, args: argparse.Namespace) -> list[Path]:
 
 
 def _read_back(files: list[Path]) -> None:
-    """Read files whole (untimed), so the page cache holds them for a warm run."""
-    from rt.core.host import READ_CHUNK, read_whole
+    """Read files (untimed), so the page cache holds them whole for a warm run."""
+    from rt.core.pagecache import READ_CHUNK, read_uncached
 
     buffer = memoryview(bytearray(READ_CHUNK))
     for path in files:
-        read_whole(path, buffer)
+        read_uncached(path, buffer)
 
 
 def serve_once(

@@ -19,6 +19,7 @@ preload stage; ``--plugins=no:preload-prefetch`` or the config key turns one off
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,6 @@ class _Early:
     ``thread=False``), and when it began, for the stage that records it."""
 
     def __init__(self, name: str, work: Any, *args: Any, thread: bool = True) -> None:
-        import time
-
         self.start = time.time()
         self.end: float | None = None
         self.notes: dict[str, Any] = {}
@@ -145,8 +144,6 @@ class _Early:
         self.thread.start()
 
     def _run(self, work: Any, *args: Any) -> None:
-        import time
-
         try:
             self.notes.update(work(*args))
         finally:
@@ -249,8 +246,7 @@ def _available_bytes() -> int:
 
 
 def prefetch_model(config: Any) -> dict[str, Any]:
-    from rt.core.host import READ_CHUNK
-    from rt.core.pagecache import read_uncached
+    from rt.core.pagecache import READ_CHUNK, read_uncached
 
     budget = int(_available_bytes() * config.preload.prefetch_max_fraction)
     files = files_to_prefetch(config)
