@@ -257,6 +257,7 @@ def rt_load_weights(config: Any, runtime: Any) -> Any:
         block_size=config.cache.block_size,
     )
     note("from", runner.load_weights(use_prepared=config.model.prepared_cache))
+    note("layout", runner.layout.describe())
     note("param_bytes", runner.param_bytes())
     note("dtype", str(runner.dtype).removeprefix("torch."))
     return runner

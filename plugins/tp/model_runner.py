@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 from rt.core.errors import ModelError
 from rt.core.step import StepMetadata
-from rt.plugins.tp.cores import decode_parts, threads_per_rank
+from rt.plugins.tp.cores import threads_per_rank
 from rt.plugins.tp.kv_cache import KVCacheSpec
 from rt.plugins.tp.layers.attention import Attention
 from rt.plugins.tp.layers.attention_metadata import as_long, build_attention_metadata
 from rt.plugins.tp.layers.cpu_layout import apply_decode_layout
+from rt.plugins.tp.layout_probe import LayoutChoice, choose
 from rt.plugins.tp.loader import load_weights, materialize
 from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.models import get_model_class
@@ -53,8 +54,9 @@ class ModelRunner:
         self.kv_cache: torch.Tensor | None = None  # [2, L, num_blocks, block_size, Hkv, D]
         self.save_thread: threading.Thread | None = None  # saving prepared weights
         self.opened_files: list[Path] = []  # the weight files load_weights() read
-        # CPU weights are split into one block per thread (layers/cpu_layout.py)
-        self.decode_parts = decode_parts(ctx.world_size, self.device.type)
+        # CPU weights may be split into one block per thread (layers/cpu_layout.py);
+        # decided in load_weights() (layout_probe.py), where a first start measures it
+        self.layout: LayoutChoice | None = None
 
     @property
     def kv_spec(self) -> KVCacheSpec:
@@ -76,11 +78,17 @@ class ModelRunner:
         """
         with torch.device("meta"):
             model = self.model_class(self.model_config, self.ctx)
+        self.layout = choose(self.ctx.world_size, self.device.type)
         folder = None
         if use_prepared:
             dtype_name = str(self.dtype).removeprefix("torch.")
             folder = prepared_dir(
-                self.model_dir, self.ctx.rank, self.ctx.world_size, dtype_name, self.device.type
+                self.model_dir,
+                self.ctx.rank,
+                self.ctx.world_size,
+                dtype_name,
+                self.device.type,
+                self.layout.parts,
             )
             path = prepared_file(folder)
             if path is not None and load_prepared(model, path, self.device):
@@ -91,7 +99,7 @@ class ModelRunner:
         self.opened_files = load_weights(model, self.model_dir)
         model.process_weights_after_loading()
         if self.device.type == "cpu":
-            apply_decode_layout(model, self.decode_parts)
+            apply_decode_layout(model, self.layout.parts)
         self.model = model.eval()
         if folder is not None:
             self.save_thread = save_prepared_async(model, folder)

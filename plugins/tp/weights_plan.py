@@ -17,7 +17,7 @@ from pathlib import Path
 from rt.core.errors import ModelError
 from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.build_once import MARKER
-from rt.plugins.tp.cores import decode_parts
+from rt.plugins.tp.layout_probe import known_parts
 
 # Bump when the prepared layout changes (see prepared_weights.py and layers/cpu_layout.py).
 LAYOUT_VERSION = 4
@@ -72,14 +72,14 @@ def cuda_present() -> bool:
 
 
 def prepared_dir(
-    model_dir: str | Path, rank: int, world_size: int, dtype: str, device_type: str
+    model_dir: str | Path, rank: int, world_size: int, dtype: str, device_type: str, parts: int
 ) -> Path:
     """Where one rank's prepared weights live, whether or not they exist yet.
 
     ``dtype`` is a name ("float32"); the key covers the checkpoint files (name, size,
     mtime), the TP size, dtype, device type, the layout version and how many blocks
-    CPU weights are split into (one per thread of the rank: a machine with another
-    core count builds its own entry).
+    CPU weights are split into (``parts``, layout_probe.py: a machine that chose another
+    layout builds its own entry).
     """
     model_dir = Path(model_dir).resolve()
     files = [*checkpoint_files(model_dir), model_dir / "config.json"]
@@ -90,7 +90,7 @@ def prepared_dir(
         "dtype": dtype,
         "device": device_type,
         "layout": LAYOUT_VERSION,
-        "parts": decode_parts(world_size, device_type),
+        "parts": parts,
     }
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return rt_cache_dir() / "prepared" / f"{model_dir.name}-{key}" / f"rank{rank}-of-{world_size}"
@@ -110,8 +110,10 @@ def weight_files(
     use_prepared: bool,
 ) -> list[Path]:
     """The files load-weights opens for this rank."""
-    if use_prepared:
-        found = prepared_file(prepared_dir(model_dir, rank, world_size, dtype, device_type))
+    parts = known_parts(world_size, device_type)
+    if use_prepared and parts is not None:
+        folder = prepared_dir(model_dir, rank, world_size, dtype, device_type, parts)
+        found = prepared_file(folder)
         if found is not None:
             return [found]
     return checkpoint_files(model_dir)
