@@ -4,7 +4,7 @@
 MKL spreads over the rank's threads, or split into one block per thread and run as
 one ``bmm``. Which streams faster depends on the CPU and on the path MKL takes on it:
 on a 2-core AMD EPYC (Zen 4) the split blocks decoded SmolLM2 ~1.5x faster, while on
-a 2-core Intel Xeon (Sapphire Rapids) the same split took twice as long as the plain
+a 2-core Intel Xeon with AMX the same split took twice as long as the plain
 GEMV (~99 against ~49 ms a token). No rule of thumb covers both, so the first rank
 that has more than one thread on a machine times both layouts on synthetic matrices
 (~0.1 s, in a thread of its own) and writes the answer to :data:`PROBE_FILE` in the

@@ -16,7 +16,12 @@ Measured on a 2-core EPYC (Zen 4), 30 layers plus the LM head per token:
   costs more than the product saves, and ``y = x W^T`` over the same row-major blocks
   (viewed transposed) is as fast as the column-major blocks were (:data:`GEMV_MAX_TOKENS`).
 
-So on CPU each linear weight ``W [out, in]`` is split by output rows into ``parts``
+That gain belongs to that CPU: on a 2-core Intel Xeon with AMX, MKL's plain
+GEMV used both threads at ~17 GB/s and the split ``bmm`` took twice as long (~99
+against ~49 ms a token). So ``parts`` is measured per machine (layout_probe.py): the
+number of threads when the split wins there, else 1.
+
+With ``parts > 1`` each linear weight ``W [out, in]`` is split by output rows into ``parts``
 row-major blocks, held as the ``[parts, in, out/parts]`` view of that ``[parts,
 out/parts, in]`` memory (:func:`split_weight`); ``linear`` multiplies each block by
 ``x^T`` in one ``bmm``, whose output, for one token, already sits in ``[1, out]``
