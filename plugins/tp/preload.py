@@ -202,12 +202,11 @@ class Forkserver(_StartsAtCliEntry):
 
 
 def start_forkserver() -> dict[str, Any]:
-    import multiprocessing as mp
-    from multiprocessing import forkserver
+    from rt.plugins.tp.forked_forkserver import start
 
-    mp.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
-    forkserver.ensure_running()
-    return {"preload": ",".join(FORKSERVER_MODULES)}
+    # Forked from the CLI at CLI entry (its rt modules already imported), else spawned.
+    how = start(FORKSERVER_PRELOAD)
+    return {"preload": ",".join(FORKSERVER_MODULES), "server": how}
 
 
 class Prefetch:

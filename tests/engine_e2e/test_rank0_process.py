@@ -36,6 +36,8 @@ def test_driver_never_imports_torch_and_tokens_match_transformers(tiny_llama, tp
     # rank 0's stages are in the printed timeline; the driver's preload skipped torch
     assert "rank0=own process" in proc.stderr
     assert "torch=not imported: rank 0 runs in its own process" in proc.stderr
+    # the ranks' forkserver was forked from the CLI at its entry (forked_forkserver.py)
+    assert "server=forked" in proc.stderr
 
 
 def _greedy(runtime, n=12):
