@@ -1,5 +1,5 @@
-"""What this host offers the processes rt starts: usable CPU cores, ports and a listening
-socket (no torch). The page cache has its own module, ``pagecache.py``."""
+"""What this host offers the processes rt starts: its CPU and usable cores, ports and a
+listening socket (no torch). The page cache has its own module, ``pagecache.py``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,19 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 9R14", "Intel(R) Xeon(R) Processor"), else the
+    architecture: what benchmarks are reported against and per-machine choices keyed by."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine
 
 
 def listening_socket(host: str, port: int = 0) -> socket.socket:

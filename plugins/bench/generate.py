@@ -17,7 +17,7 @@ from typing import Any
 from rt.core import RtError
 from rt.core.cli import add_startup_options
 from rt.core.cli_context import CliContext
-from rt.core.host import usable_cores
+from rt.core.host import cpu_model, usable_cores
 
 
 def register(subparsers: Any) -> None:
@@ -43,7 +43,8 @@ def machine() -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         total_kib = int(f.readline().split()[1])
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
         "cores": cores,
         "memory_gib": round(total_kib / 2**20, 1),
         "python": platform.python_version(),

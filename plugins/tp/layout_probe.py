@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import attrs
-from rt.core.host import usable_cores
+from rt.core.host import cpu_model, usable_cores
 from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.cores import threads_per_rank
 
@@ -56,17 +56,6 @@ class LayoutChoice:
         )
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
-
-
 def _torch_version() -> str:
     try:
         return importlib.metadata.version("torch")
@@ -77,7 +66,7 @@ def _torch_version() -> str:
 def machine_key(threads: int) -> str:
     """What the answer depends on: the CPU, the cores this process may use, the threads a
     rank runs and the torch build (its MKL)."""
-    return f"{_cpu_model()} | cores {usable_cores()} | threads {threads} | torch {_torch_version()}"
+    return f"{cpu_model()} | cores {usable_cores()} | threads {threads} | torch {_torch_version()}"
 
 
 def probe_path() -> Path:
