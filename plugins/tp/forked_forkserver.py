@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import socket
 import sys
 import threading
@@ -81,6 +82,9 @@ def _fork_server(server, preload: list[str]) -> None:
         if pid == 0:  # the server: never returns into the CLI's code
             code = 1
             try:
+                # ^C in the terminal reaches the whole process group; the server leaves
+                # when the CLI does (its alive pipe closes), never mid-import on its own
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 os.close(alive_w)  # the server exits when every client closed its end
                 forkserver.main(listener.fileno(), alive_r, preload)
                 code = 0

@@ -7,7 +7,8 @@
   (``parallel.rank0 = "process"``) never imports torch: it imports only what it uses.
 - ``preload-forkserver`` (``preload.forkserver``): start the forkserver that TP ranks
   are forked from, with those modules preloaded, so N ranks do not each pay the import;
-  at CLI entry when rank 0 runs in its own process, since rank 0 then waits on it.
+  at CLI entry when rank 0 runs in its own process, since rank 0 then waits on it, and
+  then forked from the CLI itself (``forked_forkserver.py``).
 - ``preload-prefetch`` (``preload.prefetch``): read the files load-weights and the
   tokenizer will open into the page cache, in large sequential chunks, bounded by
   available memory; chunks the page cache already holds are not read again.
@@ -179,11 +180,11 @@ class Forkserver(_StartsAtCliEntry):
     @hookimpl(tryfirst=True)
     def rt_cli_start(self, command: str, config: Any) -> None:
         # --tp is not parsed yet here, but parallel.rank0 is: rank 0 is forked from
-        # the forkserver, whatever the TP size, so start it now. Not in a thread:
-        # spawning the server takes ~30 ms of this thread, and a thread taking turns
-        # with the CLI for the GIL spawned it ~0.1 s later. First of the CLI-entry
-        # hookimpls (tryfirst) for the same reason: once preload-imports' thread runs,
-        # the spawn shares the GIL with its imports (0.11 s instead of 0.03 s).
+        # the forkserver, whatever the TP size, so start it now. Not in a thread, and
+        # first of the CLI-entry hookimpls (tryfirst): while this process runs one
+        # thread the server is forked from it, inheriting rt's modules (~0.2 s it would
+        # otherwise import before torch); once preload-imports' thread runs, it could
+        # only be spawned.
         if command in DRIVER_COMMANDS and config.preload.forkserver:
             if _rank0_elsewhere(command, config):
                 self._start_early(config, start_forkserver, thread=False)
