@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 import traceback
+from typing import Any
 
 
 def can_fork() -> str | None:
@@ -63,7 +64,7 @@ def start(preload: list[str]) -> str:
     return "forked"
 
 
-def _fork_server(server, preload: list[str]) -> None:
+def _fork_server(server: Any, preload: list[str]) -> None:
     # What ForkServer.ensure_running does, with os.fork() in place of spawning
     # `python -c "from multiprocessing.forkserver import main; main(...)"`.
     from multiprocessing import connection, forkserver, resource_tracker, util

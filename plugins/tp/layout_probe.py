@@ -7,7 +7,7 @@ on a 2-core AMD EPYC (Zen 4) the split blocks decoded SmolLM2 ~1.5x faster, whil
 a 2-core Intel Xeon with AMX the same split took twice as long as the plain
 GEMV (~99 against ~49 ms a token). No rule of thumb covers both, so the first rank
 that has more than one thread on a machine times both layouts on synthetic matrices
-(~0.1 s, in a thread of its own) and writes the answer to :data:`PROBE_FILE` in the
+(~0.2 s, in a thread of its own) and writes the answer to :data:`PROBE_FILE` in the
 rt cache. Every later start, and the torch-free weights plan (which names the
 prepared-weights folder by the layout), reads it from there. Delete the file to
 measure again.
