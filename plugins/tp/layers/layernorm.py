@@ -14,20 +14,38 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(hidden_size), requires_grad=False)
         self.weight.weight_loader = default_weight_loader
+        self._doubled: tuple[int, torch.Tensor] | None = None  # see _cpu_norm
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # one fused kernel, the same math as below
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        if x.dtype == torch.float32:
+            if x.device.type == "cpu":
+                return self._cpu_norm(x)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # fused on GPU
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
+    def _cpu_norm(self, x: torch.Tensor) -> torch.Tensor:
+        # On CPU F.rms_norm is a composite of ~8 operators, and between the decode step's
+        # weight passes each costs ~30 us more than alone (cold caches): 61 norms took
+        # ~5 ms of a ~50 ms SmolLM2 token. LayerNorm is one native kernel, and over
+        # [x, -x] (mean 0, variance mean(x^2)) it computes exactly x * rsqrt(mean(x^2) +
+        # eps), weighted by [w, w]: the first half is the RMS norm. A decode step took
+        # ~9% less with this and the in-place residual add below (max logit change 2e-5).
+        h = x.shape[-1]
+        if self._doubled is None or self._doubled[0] != self.weight.data_ptr():
+            self._doubled = (self.weight.data_ptr(), torch.cat([self.weight, self.weight]))
+        both = torch.cat([x, x.neg()], dim=-1)
+        return F.layer_norm(both, (2 * h,), self._doubled[1], None, self.eps)[..., :h]
+
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        # x, residual: [T, H]; with a residual, returns (norm(x + residual), x + residual)
+        # x, residual: [T, H]; with a residual, returns (norm(x + residual), x + residual).
+        # The sum goes into `residual` in place: it is the model's own running sum (the
+        # embedding output or an earlier layer's sum), never a caller's tensor.
         if residual is None:
             return self._norm(x)
-        x = x + residual
-        return self._norm(x), x
+        residual.add_(x)
+        return self._norm(residual), residual
