@@ -14,7 +14,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(hidden_size), requires_grad=False)
         self.weight.weight_loader = default_weight_loader
-        self._doubled: tuple[int, torch.Tensor] | None = None  # see _cpu_norm
+        # [w, w] for _cpu_norm, rebuilt when the weight's storage changes (weights are
+        # mapped or loaded once, before the first step, never updated in place after)
+        self._doubled: tuple[int, torch.Tensor] | None = None
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
