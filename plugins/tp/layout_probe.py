@@ -155,19 +155,23 @@ def _fixed(threads: int, device_type: str) -> LayoutChoice | None:
     return None
 
 
+def _without_measuring(world_size: int, device_type: str) -> tuple[int, LayoutChoice | None]:
+    """A rank's threads, and its layout if there is none to make or it is remembered."""
+    threads = threads_per_rank(world_size)
+    return threads, _fixed(threads, device_type) or cached_choice(threads)
+
+
 def known_parts(world_size: int, device_type: str) -> int | None:
     """How many blocks each of a rank's weights is split into, without torch and without
     measuring: None while this machine has not been measured (the weights plan then
     expects the checkpoint, since no prepared weights can match)."""
-    threads = threads_per_rank(world_size)
-    choice = _fixed(threads, device_type) or cached_choice(threads)
+    _, choice = _without_measuring(world_size, device_type)
     return None if choice is None else choice.parts
 
 
 def choose(world_size: int, device_type: str) -> LayoutChoice:
     """This rank's layout: the remembered answer, else measured now and remembered."""
-    threads = threads_per_rank(world_size)
-    choice = _fixed(threads, device_type) or cached_choice(threads)
+    threads, choice = _without_measuring(world_size, device_type)
     if choice is not None:
         return choice
     choice = measure(threads)
