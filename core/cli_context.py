@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from rt.core.config import Config
@@ -14,11 +14,11 @@ from rt.core.config_loader import parse_set_option
 from rt.core.discovery import Catalog
 from rt.core.pluginmanager import RtPluginManager
 from rt.core.profile_registry import load_config
-from rt.core.runtime import Runtime
 from rt.core.selection import Selection
 from rt.core.stage import Stage
-from rt.core.startup import create_runtime
-from rt.core.timeline import Span
+
+if TYPE_CHECKING:  # imported where used: the CLI reaches rt_cli_start without them
+    from rt.core.runtime import Runtime
 
 
 def config_option_pairs(ns: argparse.Namespace) -> list[tuple[str, Any, str]]:
@@ -65,6 +65,9 @@ class CliContext:
     def create_runtime(self, config: Config, exclude: Iterable[str] = ()) -> Runtime:
         """A driver runtime with its own fresh plugin manager (not the CLI's). Its
         timeline starts with a ``cli`` span: launch to ``rt_cli_start``."""
+        from rt.core.startup import create_runtime
+        from rt.core.timeline import Span
+
         runtime = create_runtime(config, self.selection, exclude=exclude)
         if self.cli_start is not None:
             span = Span(

@@ -7,10 +7,10 @@ for selected plugins.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import traceback
 
 import attrs
+from rt.core.entry_points import EntryPoint, entry_points
 from rt.core.errors import PluginError
 from rt.core.stage import Stage
 
@@ -40,7 +40,7 @@ class PluginEntry:
     def load(self) -> object:
         """Import the module (or object) the entry point names."""
         try:
-            return md.EntryPoint(self.name, self.value, PLUGIN_GROUP).load()
+            return EntryPoint(self.name, self.value, PLUGIN_GROUP, self.dist, self.version).load()
         except Exception as e:
             raise PluginError(
                 f"plugin {self.name!r} from {self.origin} failed to import "
@@ -63,7 +63,7 @@ class StageEntry:
 
     def load(self) -> Stage:
         try:
-            stage = md.EntryPoint(self.name, self.value, STAGE_GROUP).load()
+            stage = EntryPoint(self.name, self.value, STAGE_GROUP, self.dist, self.version).load()
         except Exception as e:
             raise PluginError(
                 f"stage {self.name!r} from distribution {self.dist!r} {self.version} "
@@ -88,20 +88,17 @@ class Catalog:
         return next((p for p in self.plugins if p.name == name), None)
 
 
-def _entries(installed: md.EntryPoints, group: str, cls: type, versions: dict[str, str]) -> tuple:
+def _entries(installed: list[EntryPoint], group: str, cls: type) -> tuple:
     found: dict[str, object] = {}
-    for ep in installed.select(group=group):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        if dist not in versions:  # each read parses the distribution's METADATA file
-            versions[dist] = ep.dist.version if ep.dist is not None else "?"
-        entry = cls(ep.name, ep.value, dist, versions[dist])
+    for ep in installed:
+        if ep.group != group:
+            continue
+        entry = cls(ep.name, ep.value, ep.dist, ep.version)
         previous = found.get(ep.name)
-        # The same distribution can be visible twice on sys.path (an editable
-        # install plus a source checkout); only a real clash is an error.
         if previous is not None and (previous.value, previous.dist) != (entry.value, entry.dist):
             raise PluginError(
                 f"two distributions register {group} entry point {ep.name!r}: "
-                f"{previous.dist!r} ({previous.value}) and {dist!r} ({ep.value}); "
+                f"{previous.dist!r} ({previous.value}) and {ep.dist!r} ({ep.value}); "
                 "uninstall one of them"
             )
         found[ep.name] = entry
@@ -111,9 +108,8 @@ def _entries(installed: md.EntryPoints, group: str, cls: type, versions: dict[st
 def discover() -> Catalog:
     """Read (never load) every installed plugin and stage entry point."""
     # One pass over the installed distributions serves both groups (on every CLI start).
-    installed = md.entry_points()
-    versions: dict[str, str] = {}
+    installed = entry_points([PLUGIN_GROUP, STAGE_GROUP])
     return Catalog(
-        plugins=_entries(installed, PLUGIN_GROUP, PluginEntry, versions),
-        stages=_entries(installed, STAGE_GROUP, StageEntry, versions),
+        plugins=_entries(installed, PLUGIN_GROUP, PluginEntry),
+        stages=_entries(installed, STAGE_GROUP, StageEntry),
     )

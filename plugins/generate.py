@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rt.core import RtError, hookimpl
 from rt.core.cli import add_startup_options
 from rt.core.cli_context import CliContext
-from rt.core.engine import Engine, GenerationRequest, generate_blocking
-from rt.core.startup import report_startup, run_startup
-from rt.core.step import SamplingParams
+
+if TYPE_CHECKING:  # imported where used: not needed before rt_cli_start (see serve.py)
+    from rt.core.engine import Engine
+    from rt.core.step import SamplingParams
 
 
 @hookimpl
@@ -46,6 +47,8 @@ def rt_register_commands(subparsers: Any) -> None:
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
+    from rt.core.step import SamplingParams
+
     try:
         return SamplingParams(
             temperature=args.temperature,
@@ -70,6 +73,9 @@ def engine_of(runtime: Any) -> Engine:
 
 def generate_command(args: argparse.Namespace, cli: CliContext) -> int:
     import uuid
+
+    from rt.core.engine import GenerationRequest, generate_blocking
+    from rt.core.startup import report_startup, run_startup
 
     sampling = sampling_from_args(args)
     extra = [("model.source", args.model, "MODEL")] if args.model else []

@@ -15,7 +15,6 @@ from typing import Any
 from rt.core import hookimpl
 from rt.core.cli import add_startup_options
 from rt.core.cli_context import CliContext
-from rt.core.startup import report_startup, run_startup
 
 
 @hookimpl
@@ -37,6 +36,10 @@ def rt_register_commands(subparsers: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace, cli: CliContext) -> int:
+    # Imported here, not at module level: every `rt` command imports this module
+    # before rt_cli_start, and the startup machinery is not needed until now.
+    from rt.core.startup import report_startup, run_startup
+
     extra = [("model.source", args.model, "MODEL")] if getattr(args, "model", None) else []
     config = cli.config(args, extra)
     runtime = cli.create_runtime(config)

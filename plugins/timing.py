@@ -8,10 +8,12 @@ every stage. Block it with ``--plugins=no:timing`` to keep only per-stage spans.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rt.core import current_call, hookimpl
-from rt.core.timeline import Timeline
+from rt.core import hookimpl
+
+if TYPE_CHECKING:
+    from rt.core.timeline import Timeline
 
 
 class StageTimer:
@@ -23,6 +25,9 @@ class StageTimer:
 
 
 def _timing_wrapper(timeline: Timeline) -> Callable[[], Generator[None, Any, Any]]:
+    # Here, not at module level: the scheduler is not needed before rt_cli_start.
+    from rt.core.scheduler import current_call
+
     @hookimpl(wrapper=True)
     def wrapper() -> Generator[None, Any, Any]:
         call = current_call()
