@@ -13,6 +13,7 @@ from rt.plugins.tp.layers.cpu_layout import (
     linear,
     logical,
     logical_shape,
+    module_linear,
     split_weight,
     storage_form,
 )
@@ -35,6 +36,26 @@ def test_linear_in_every_layout_matches_f_linear(parts, shape, tokens):
     assert logical_shape(laid) == shape
     for bias in (None, b):
         torch.testing.assert_close(linear(x, laid, bias), F.linear(x, w, bias))
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_module_linear_keeps_the_transposed_view_until_the_weight_changes(parts):
+    gen = torch.Generator().manual_seed(1)
+    module = torch.nn.Linear(64, 192)
+    w, b = module.weight.data.clone(), module.bias.data.clone()
+    x = torch.randn(3, 64, generator=gen)
+    for bias in (None, b):
+        torch.testing.assert_close(
+            module_linear(module, x, module.weight, bias), F.linear(x, w, bias)
+        )
+    kept = module.__dict__.get("_weight_t")
+    assert (kept is not None) == (module.weight.dim() == 2)
+    module.weight.data = split_weight(w, parts)  # re-laid out: the kept view must not be used
+    torch.testing.assert_close(module_linear(module, x, module.weight, b), F.linear(x, w, b))
+    module.weight.data = torch.zeros_like(w).t().contiguous().t()  # same shape, new storage
+    assert module_linear(module, x, module.weight, None).abs().max() == 0
+    x3 = torch.randn(2, 3, 64, generator=gen)  # more than 2-D: F.linear's broadcasting
+    assert module_linear(module, x3, module.weight, None).shape == (2, 3, 192)
 
 
 def test_split_layout_depends_on_shape_and_divisibility():

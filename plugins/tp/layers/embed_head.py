@@ -7,7 +7,7 @@ The vocabulary is split in ``ceil(V / tp)`` rows per rank; the last rank's tail 
 from __future__ import annotations
 
 import torch
-from rt.plugins.tp.layers.cpu_layout import embedding, linear
+from rt.plugins.tp.layers.cpu_layout import embedding, module_linear
 from rt.plugins.tp.layers.weight_source import WeightSource, check_shape, read_narrow
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
@@ -51,5 +51,5 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, H] -> local: [N, V_local] -> logits: [N, V]
-        local = linear(hidden, self.weight, None)
+        local = module_linear(self, hidden, self.weight, None)
         return self.ctx.all_gather_last_dim(local)[..., : self.num_embeddings]

@@ -9,7 +9,7 @@ that reads only this rank's slice of the checkpoint tensor ``src``.
 from __future__ import annotations
 
 import torch
-from rt.plugins.tp.layers.cpu_layout import linear
+from rt.plugins.tp.layers.cpu_layout import module_linear
 from rt.plugins.tp.layers.weight_source import WeightSource, check_shape, read_narrow
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
@@ -59,7 +59,7 @@ class ColumnParallelLinear(LinearBase):
         self._load_rows(param.data, src, rows * self.tp_size, param.dim() == 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return module_linear(self, x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -126,5 +126,5 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, I_local] -> y: [T, O]
-        y = linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
+        y = module_linear(self, x, self.weight, self.bias if self.tp_rank == 0 else None)
         return self.ctx.all_reduce(y)
