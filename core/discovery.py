@@ -95,6 +95,8 @@ def _entries(installed: list[EntryPoint], group: str, cls: type) -> tuple:
             continue
         entry = cls(ep.name, ep.value, ep.dist, ep.version)
         previous = found.get(ep.name)
+        # entry_points() already kept the first of a distribution that sys.path shows
+        # twice (an editable install plus a source checkout): this is a real clash.
         if previous is not None and (previous.value, previous.dist) != (entry.value, entry.dist):
             raise PluginError(
                 f"two distributions register {group} entry point {ep.name!r}: "

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 import attrs
 
 _META_DIR = re.compile(r"^(?P<name>[^-]+)(?:-(?P<version>[^-]+))?(?:-.*)?\.(dist|egg)-info$")
+_EXTRAS = re.compile(r"\s*\[.*\]\s*$")  # "module:attr [extra]": extras select nothing here
 
 
 @attrs.frozen
@@ -34,7 +35,7 @@ class EntryPoint:
 
     def load(self) -> object:
         """Import ``module`` of ``module:attr.path`` and return the object it names."""
-        module, _, attr = self.value.partition(":")
+        module, _, attr = _EXTRAS.sub("", self.value).partition(":")
         obj: object = importlib.import_module(module.strip())
         for part in filter(None, attr.strip().split(".")):
             obj = getattr(obj, part)

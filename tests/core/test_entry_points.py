@@ -55,6 +55,8 @@ def test_load_imports_the_module_and_follows_the_attribute_path():
     )
     found = EntryPoint("x", "rt.core.entry_points:EntryPoint.load", "g", "d", "1").load()
     assert found is EntryPoint.load
+    with_extras = EntryPoint("x", "rt.core.entry_points:entry_points [fast]", "g", "d", "1")
+    assert with_extras.load() is entry_points
 
 
 def test_reaching_rt_cli_start_imports_neither_importlib_metadata_nor_the_scheduler():
