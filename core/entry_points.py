@@ -90,6 +90,17 @@ def _sections(text: str, groups: set[str]) -> Iterator[tuple[str, str, str]]:
             yield group, name.strip(), value.strip()
 
 
+def distribution_version(name: str, paths: Iterable[str] | None = None) -> str | None:
+    """The version of installed distribution ``name`` (the first on ``paths``), or None:
+    ``importlib.metadata.version`` without importing ``importlib.metadata``."""
+    key = _normalized(name)
+    for folder in _meta_dirs(sys.path if paths is None else paths):
+        match = _META_DIR.match(os.path.basename(folder))
+        if match is not None and _normalized(match["name"]) == key:
+            return _headers(folder).get("Version") or match["version"]
+    return None
+
+
 def entry_points(groups: Iterable[str], paths: Iterable[str] | None = None) -> list[EntryPoint]:
     """Every entry point in ``groups`` of the distributions on ``paths`` (``sys.path``),
     in path order; a distribution seen again further down the path is skipped."""

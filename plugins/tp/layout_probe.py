@@ -15,7 +15,6 @@ measure again.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import threading
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import attrs
+from rt.core.entry_points import distribution_version
 from rt.core.host import cpu_model, usable_cores
 from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.cores import threads_per_rank
@@ -57,10 +57,7 @@ class LayoutChoice:
 
 
 def _torch_version() -> str:
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return "none"
+    return distribution_version("torch") or "none"
 
 
 def machine_key(threads: int) -> str:

@@ -9,11 +9,11 @@ safetensors shards.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 from pathlib import Path
 
+from rt.core.entry_points import distribution_version
 from rt.core.errors import ModelError
 from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.build_once import MARKER
@@ -65,10 +65,8 @@ def cuda_present() -> bool:
         return False
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
-    try:
-        return "+cpu" not in importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return False
+    version = distribution_version("torch")  # torch-free: the driver never imports it
+    return version is not None and "+cpu" not in version
 
 
 def prepared_dir(

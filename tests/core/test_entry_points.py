@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rt.core.entry_points import EntryPoint, entry_points
+from rt.core.entry_points import EntryPoint, distribution_version, entry_points
 
 from tests.conftest import REPO, write_distribution
 
@@ -25,12 +25,19 @@ def test_the_installed_entry_points_match_importlib_metadata():
     assert ("rt.plugins", "tp", "rt.plugins.tp.hooks", "rt", md.version("rt")) in ours
 
 
+def test_distribution_version_matches_importlib_metadata():
+    for name in ("torch", "rt", "pluggy", "typing_extensions"):
+        assert distribution_version(name) == md.version(name)
+    assert distribution_version("no-such-distribution-anywhere") is None
+
+
 def test_the_first_distribution_of_a_name_on_the_path_wins(tmp_path: Path):
     points = {"rt.plugins": {"demo": "demo_mod"}}
     write_distribution(tmp_path / "a", "rt-demo", "2.0", {}, points)
     write_distribution(tmp_path / "b", "rt_demo", "1.0", {}, points)
     found = entry_points(GROUPS, [str(tmp_path / "a"), str(tmp_path / "b")])
     assert [(e.name, e.dist, e.version) for e in found] == [("demo", "rt-demo", "2.0")]
+    assert distribution_version("RT_Demo", [str(tmp_path / "a"), str(tmp_path / "b")]) == "2.0"
 
 
 def test_egg_info_groups_comments_and_paths_that_are_not_folders(tmp_path: Path):
