@@ -1,8 +1,8 @@
-"""Entry points of the installed distributions, read from their metadata files.
+"""Entry points and versions of installed distributions, read from their metadata files.
 
-What ``importlib.metadata.entry_points()`` gives for the distributions it finds on
-``sys.path`` (``*.dist-info`` and ``*.egg-info`` folders; the first of each name
-wins), for the groups asked for only. ``importlib.metadata`` itself costs ~25-50 ms
+What ``importlib.metadata``'s ``entry_points()`` and ``version()`` give for the
+distributions it finds on ``sys.path`` (``*.dist-info`` and ``*.egg-info`` folders; the
+first of each name wins), for the groups asked for only. ``importlib.metadata`` itself costs ~25-50 ms
 to import on the 2-core VM (email, zipfile, csv ...), and every ``rt`` command reads
 entry points before ``rt_cli_start``, where ``rt serve`` starts the import of torch
 that its first token waits on. Distributions that only a custom ``sys.meta_path``
