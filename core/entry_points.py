@@ -46,15 +46,22 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _meta_dirs(paths: Iterable[str]) -> Iterator[str]:
-    for entry in paths:
+def _distributions(paths: Iterable[str] | None) -> Iterator[tuple[str, str, re.Match]]:
+    """(folder, normalized name, name match) of each distribution on ``paths``
+    (``sys.path``), in path order; one seen again further down the path is skipped."""
+    seen: set[str] = set()
+    for entry in sys.path if paths is None else paths:
         try:
             names = sorted(os.listdir(entry or "."))
         except OSError:  # a zip file, or a folder that is not there
             continue
         for name in names:
-            if name.endswith((".dist-info", ".egg-info")):
-                yield os.path.join(entry or ".", name)
+            match = _META_DIR.match(name)
+            key = _normalized(match["name"]) if match else ""
+            if not key or key in seen:
+                continue
+            seen.add(key)
+            yield os.path.join(entry or ".", name), key, match
 
 
 def _headers(folder: str) -> dict[str, str]:
@@ -93,10 +100,9 @@ def _sections(text: str, groups: set[str]) -> Iterator[tuple[str, str, str]]:
 def distribution_version(name: str, paths: Iterable[str] | None = None) -> str | None:
     """The version of installed distribution ``name`` (the first on ``paths``), or None:
     ``importlib.metadata.version`` without importing ``importlib.metadata``."""
-    key = _normalized(name)
-    for folder in _meta_dirs(sys.path if paths is None else paths):
-        match = _META_DIR.match(os.path.basename(folder))
-        if match is not None and _normalized(match["name"]) == key:
+    wanted = _normalized(name)
+    for folder, key, match in _distributions(paths):
+        if key == wanted:
             return _headers(folder).get("Version") or match["version"]
     return None
 
@@ -105,16 +111,8 @@ def entry_points(groups: Iterable[str], paths: Iterable[str] | None = None) -> l
     """Every entry point in ``groups`` of the distributions on ``paths`` (``sys.path``),
     in path order; a distribution seen again further down the path is skipped."""
     wanted = set(groups)
-    seen: set[str] = set()
     found: list[EntryPoint] = []
-    for folder in _meta_dirs(sys.path if paths is None else paths):
-        match = _META_DIR.match(os.path.basename(folder))
-        if match is None:
-            continue
-        key = _normalized(match["name"])
-        if key in seen:
-            continue
-        seen.add(key)
+    for folder, _, match in _distributions(paths):
         try:
             with open(os.path.join(folder, "entry_points.txt"), encoding="utf-8") as f:
                 text = f.read()

@@ -15,6 +15,7 @@ measure again.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -56,6 +57,7 @@ class LayoutChoice:
         )
 
 
+@functools.cache  # one scan of sys.path per process: the key is built once per rank
 def _torch_version() -> str:
     return distribution_version("torch") or "none"
 
