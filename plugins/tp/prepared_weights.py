@@ -46,8 +46,12 @@ def load_prepared(model: nn.Module, path: Path, device: torch.device) -> bool:
         tensors = {}
         for name in params:
             # a view of the mapped file, no copy
-            t = from_storage(f.get_tensor(name), layouts.get(name, ""))
-            if logical_shape(t) != tuple(params[name].shape):
+            tag = layouts.get(name, "")
+            t = from_storage(f.get_tensor(name), tag)
+            # split weights ("row") are 3-D views of a 2-D matrix; other tensors (int4
+            # scale/zero tables are 3-D too) are saved in their own shape
+            shape = logical_shape(t) if tag == "row" else tuple(t.shape)
+            if shape != tuple(params[name].shape):
                 return False
             tensors[id(params[name])] = t if device.type == "cpu" else t.to(device)
     replace_parameters(model, lambda p: tensors[id(p)])

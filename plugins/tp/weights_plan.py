@@ -70,14 +70,20 @@ def cuda_present() -> bool:
 
 
 def prepared_dir(
-    model_dir: str | Path, rank: int, world_size: int, dtype: str, device_type: str, parts: int
+    model_dir: str | Path,
+    rank: int,
+    world_size: int,
+    dtype: str,
+    device_type: str,
+    parts: int,
+    quantization: str = "none",
 ) -> Path:
     """Where one rank's prepared weights live, whether or not they exist yet.
 
     ``dtype`` is a name ("float32"); the key covers the checkpoint files (name, size,
     mtime), the TP size, dtype, device type, the layout version and how many blocks
     CPU weights are split into (``parts``, layout_probe.py: a machine that chose another
-    layout builds its own entry).
+    layout builds its own entry) and the quantization ("int4" or "none", resolved).
     """
     model_dir = Path(model_dir).resolve()
     files = [*checkpoint_files(model_dir), model_dir / "config.json"]
@@ -90,6 +96,8 @@ def prepared_dir(
         "layout": LAYOUT_VERSION,
         "parts": parts,
     }
+    if quantization != "none":  # int4's packing is torch's own: a new torch repacks
+        ident.update(quantization=quantization, torch=distribution_version("torch"))
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return rt_cache_dir() / "prepared" / f"{model_dir.name}-{key}" / f"rank{rank}-of-{world_size}"
 
@@ -106,11 +114,13 @@ def weight_files(
     dtype: str,
     device_type: str,
     use_prepared: bool,
+    quantization: str = "none",
 ) -> list[Path]:
-    """The files load-weights opens for this rank."""
+    """The files load-weights opens for this rank (``quantization`` resolved, as
+    ``ModelConfig.quantization`` gives it)."""
     parts = known_parts(world_size, device_type)
     if use_prepared and parts is not None:
-        folder = prepared_dir(model_dir, rank, world_size, dtype, device_type, parts)
+        folder = prepared_dir(model_dir, rank, world_size, dtype, device_type, parts, quantization)
         found = prepared_file(folder)
         if found is not None:
             return [found]

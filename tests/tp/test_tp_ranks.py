@@ -27,12 +27,14 @@ BLOCK_SIZE, NUM_BLOCKS, NEW_TOKENS = 4, 64, 32
 PROMPT_LENS = (5, 11, 1)
 # mistral has a single KV head, which TP=2 cannot split (KV heads are not replicated)
 TP2_CHECKPOINTS = [n for n in CHECKPOINTS if n != "mistral"]
+INT4 = "llama_gqa_tied+int4"  # the same checkpoint with int4 weights (layers/int4.py)
 
 
 def _tp_worker(ctx: ParallelContext, paths: dict) -> dict:
     out = {}
     for name, path in paths.items():
-        runner = ModelRunner(path, ctx, torch.float32, "cpu", BLOCK_SIZE)
+        quantization = "int4" if name == INT4 else "none"
+        runner = ModelRunner(path, ctx, torch.float32, "cpu", BLOCK_SIZE, quantization)
         runner.load_weights()
         runner.allocate_kv_cache(NUM_BLOCKS)
         vocab = runner.model_config.vocab_size
@@ -47,6 +49,7 @@ def _tp_worker(ctx: ParallelContext, paths: dict) -> dict:
 @pytest.fixture(scope="module")
 def tp2(tmp_path_factory):
     paths = {n: write_checkpoint(n, tmp_path_factory.mktemp(n)) for n in TP2_CHECKPOINTS}
+    paths[INT4] = paths["llama_gqa_tied"]
     ranks = run_ranks(2, _tp_worker, paths)
     return paths, ranks
 
@@ -77,3 +80,21 @@ def test_tp2_ranks_each_hold_about_half_the_parameters(tp2, name):
     for rank in ranks:
         # only the RMSNorm weights (and vocab padding) are not split
         assert 0.5 * total <= rank[name]["param_bytes"] < 0.52 * total
+
+
+@pytest.mark.slow
+def test_tp2_int4_matches_tp1_int4(tp2):
+    # Each rank packs its own slice (row-parallel ones split the 32-input groups'
+    # columns evenly); partial sums are rounded to bfloat16 per rank, so the logits
+    # agree to bfloat16's precision, not exactly.
+    paths, ranks = tp2
+    single = ModelRunner(
+        paths[INT4], ParallelContext.single(), torch.float32, "cpu", BLOCK_SIZE, "int4"
+    )
+    single.load_weights()
+    single.allocate_kv_cache(NUM_BLOCKS)
+    prompt = random_prompt(13, single.model_config.vocab_size, seed=1)
+    expected = full_logits(single, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
+    for rank in ranks:
+        torch.testing.assert_close(rank[INT4]["logits"], expected, atol=0.04, rtol=0.02)
+        assert torch.equal(rank[INT4]["logits"].argmax(-1), expected.argmax(-1))

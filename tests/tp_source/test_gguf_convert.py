@@ -96,6 +96,8 @@ def test_converted_folder_layout(default_model_dir: Path, gguf_path: Path) -> No
     )
     assert config["tie_word_embeddings"] is True and config["torch_dtype"] == "float32"
     assert config["rope_theta"] == 100000.0 and config["rms_norm_eps"] == pytest.approx(1e-5)
+    # every decoder matrix of the GGUF is Q4_1: --quantization auto serves it in int4
+    assert config["rt_source_quantization"] == "Q4_1"
     assert (
         json.loads((default_model_dir / "generation_config.json").read_text())["eos_token_id"] == 2
     )

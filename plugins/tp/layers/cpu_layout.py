@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from rt.plugins.tp.layers.int4 import int4_linear
 
 # A block narrower than this gains nothing from its own thread.
 MIN_BLOCK_COLUMNS = 32
@@ -98,7 +99,12 @@ def module_linear(
     microseconds: over SmolLM2's 121 matmuls a step, ~3 ms of ~48 (faster in 11 of 12
     interleaved rounds on the 2-core VM). Same BLAS call, same result. The view is
     remade when the weight's storage or strides change (re-layout, reload).
+
+    A module quantized to int4 (layers/int4.py) multiplies by its packed weight.
     """
+    group = module.__dict__.get("int4_group")
+    if group is not None:
+        return int4_linear(x, weight, module.weight_scale_zero, group, bias)
     if weight.dim() != 2 or x.dim() != 2:
         return linear(x, weight, bias)
     key = (weight.data_ptr(), weight.stride())
@@ -124,6 +130,7 @@ def apply_decode_layout(model: torch.nn.Module, parts: int) -> None:
         weight = getattr(module, "weight", None)
         if (
             getattr(module, "decode_layout", False)
+            and "int4_group" not in module.__dict__  # packed for its kernel already
             and weight is not None
             and id(weight) not in seen
         ):

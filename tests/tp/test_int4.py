@@ -1,0 +1,174 @@
+"""Weight-only int4 on CPU: exact for Q4_1 weights, the kernel multiplies by what
+``dequantize`` says, the model matches transformers on those weights, and prepared
+int4 weights map back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from rt.core.errors import ModelError
+from rt.plugins.tp.layers.int4 import (
+    GROUP_SIZE,
+    _groups,
+    dequantize,
+    int4_linear,
+    quantize,
+    supports,
+)
+from rt.plugins.tp.model_config import ModelConfig
+from rt.plugins.tp.model_runner import ModelRunner
+from rt.plugins.tp.parallel import ParallelContext
+from safetensors.torch import load_file, save_file
+
+from .tiny_models import BlockTables, full_logits, load_reference, random_prompt, write_checkpoint
+
+NUM_BLOCKS, BLOCK_SIZE = 32, 4
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _q4_1_like(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights the way llama.cpp's Q4_1 stores them: per 32 inputs, ``d * q + m``
+    with q in 0..15, every block using both 0 and 15."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k // GROUP_SIZE, GROUP_SIZE), generator=g)
+    q[..., 0], q[..., 1] = 0, 15
+    d = torch.rand(n, k // GROUP_SIZE, 1, generator=g) * 0.01 + 1e-3
+    m = torch.randn(n, k // GROUP_SIZE, 1, generator=g) * 0.05
+    return (d * q + m).reshape(n, k), q.reshape(n, k).to(torch.int32)
+
+
+def test_quantize_recovers_q4_1_codes_exactly():
+    w, q = _q4_1_like(64, 128, seed=0)
+    codes, scale_zero = _groups(w, GROUP_SIZE)
+    assert torch.equal(codes, q)
+    assert scale_zero.shape == (128 // GROUP_SIZE, 64, 2) and scale_zero.dtype == torch.bfloat16
+    # only scale and zero (the value at q = 8) are rounded, to bfloat16's 8 bits
+    scale, zero = scale_zero.float().unbind(-1)  # [K/32, N] each
+    bound = (8 * scale + zero.abs()).t() * 2**-8  # [N, K/32]
+    err = (dequantize(w) - w).abs().reshape(64, -1, GROUP_SIZE).amax(-1)
+    assert (err <= bound).all()
+
+
+def test_kernel_multiplies_by_the_dequantized_matrix():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(96, 64, generator=g)
+    x, bias = torch.randn(5, 64, generator=g), torch.randn(96, generator=g)
+    packed, scale_zero = quantize(w)
+    assert packed.shape == (96, 32) and packed.dtype == torch.uint8
+    y = int4_linear(x, packed, scale_zero, GROUP_SIZE, bias)
+    expected = x.bfloat16().float() @ dequantize(w).t() + bias
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, expected, atol=0.05, rtol=0.01)
+    # and the matrix is a 4-bit approximation of w (half a step of a group's range at
+    # most, plus bfloat16 rounding), not w itself
+    assert 0 < (dequantize(w) - w).abs().max() < 1.1 * w.abs().max() / 15
+
+
+def test_supports_names_the_kernel_constraints():
+    assert supports(96, 64)
+    assert not supports(100, 64)  # output features are packed by 16
+    assert not supports(96, 48)  # input features come in whole groups of 32
+
+
+def _dequantized_copy(src, dst):
+    """The checkpoint with every decoder matrix replaced by what int4 stands for."""
+    shutil.copytree(src, dst)
+    for path in dst.glob("*.safetensors"):
+        tensors = load_file(path)
+        for name, t in tensors.items():
+            if name.split(".")[-2] in LINEARS and t.dim() == 2 and supports(*t.shape):
+                tensors[name] = dequantize(t).contiguous()
+        save_file(tensors, path, metadata={"format": "pt"})
+    return dst
+
+
+def _runner(path, quantization="int4", use_prepared=False):
+    runner = ModelRunner(
+        path, ParallelContext.single(), torch.float32, "cpu", BLOCK_SIZE, quantization
+    )
+    source = runner.load_weights(use_prepared=use_prepared)
+    runner.allocate_kv_cache(NUM_BLOCKS)
+    return runner, source
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(2)
+    path = write_checkpoint("llama_gqa_tied", tmp_path_factory.mktemp("int4"))
+    return path, _dequantized_copy(path, tmp_path_factory.mktemp("dq") / "model")
+
+
+def test_int4_model_matches_transformers_on_the_dequantized_weights(tiny):
+    path, dequantized = tiny
+    runner, _ = _runner(path)
+    assert runner.quantization == "int4"
+    packed = [m for m in runner.model.modules() if "int4_group" in m.__dict__]
+    assert len(packed) == 4 * runner.model_config.num_hidden_layers
+    dense, _ = _runner(path, quantization="none")
+    assert runner.param_bytes() < dense.param_bytes() / 2
+
+    prompt = random_prompt(13, runner.model_config.vocab_size, seed=3)
+    ours = full_logits(runner, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
+    with torch.no_grad():
+        theirs = load_reference(dequantized)(torch.tensor([prompt])).logits[0]
+        original = load_reference(path)(torch.tensor([prompt])).logits[0]
+    # Only the activations' rounding to bfloat16 at each matmul separates them (logits
+    # up to ~3 here, ~0.02 apart)...
+    torch.testing.assert_close(ours, theirs, atol=0.04, rtol=0.02)
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    # ...while the float32 weights give other logits: the comparison can tell.
+    assert (theirs - original).abs().max() > 10 * (ours - theirs).abs().max()
+
+
+def test_prepared_int4_weights_map_back_unchanged(tiny, rt_cache):
+    path, _ = tiny
+    first, source = _runner(path, use_prepared=True)
+    assert source == "checkpoint"
+    first.save_thread.join()
+    second, source = _runner(path, use_prepared=True)
+    assert source == "prepared"
+    prompt = random_prompt(9, first.model_config.vocab_size, seed=4)
+    a = full_logits(first, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
+    b = full_logits(second, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
+    assert torch.equal(a, b)
+    # the dense entry is a different one: switching quantization off never maps int4
+    dense, source = _runner(path, quantization="none", use_prepared=True)
+    assert source == "checkpoint" and dense.quantization == "none"
+
+
+def test_layers_the_kernel_cannot_pack_stay_dense(tmp_path):
+    # hidden 48 is not a whole number of 32-input groups: every matrix reading it stays
+    # float32, the down projection (128 inputs) is packed; the model still runs.
+    path = write_checkpoint("llama_odd", tmp_path)
+    runner, _ = _runner(path)
+    packed = {name for name, m in runner.model.named_modules() if "int4_group" in m.__dict__}
+    assert packed and all(name.endswith("down_proj") for name in packed)
+    prompt = random_prompt(7, runner.model_config.vocab_size, seed=5)
+    logits = full_logits(runner, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
+    assert torch.isfinite(logits).all()
+
+
+def _config(source_quantization):
+    data = json.loads(
+        '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,'
+        ' "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 256}'
+    )
+    if source_quantization:
+        data["rt_source_quantization"] = source_quantization
+    return ModelConfig.from_hf_dict(data)
+
+
+def test_quantization_setting_resolves_per_checkpoint_and_device():
+    q4 = _config("Q4_1")
+    assert q4.quantization("auto", "cpu") == "int4"
+    assert q4.quantization("auto", "cuda") == "none"  # the CPU kernel only
+    assert q4.quantization("none", "cpu") == "none"
+    plain = _config(None)
+    assert plain.quantization("auto", "cpu") == "none"
+    assert _config("Q8_0").quantization("auto", "cpu") == "none"
+    assert plain.quantization("int4", "cpu") == "int4"
+    with pytest.raises(ModelError, match="CPU ranks only.*--quantization none"):
+        plain.quantization("int4", "cuda")
