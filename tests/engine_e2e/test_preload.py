@@ -60,14 +60,17 @@ def test_preload_work_shows_in_the_timeline(tiny_llama):
         runtime.shutdown()
 
 
+@pytest.mark.parametrize("quantization", ["none", "int4"])
 def test_prefetch_reads_exactly_the_weight_files_load_weights_opens(
-    tiny_llama, tmp_path, monkeypatch
+    tiny_llama, tmp_path, monkeypatch, quantization
 ):
+    # int4 weights are prepared under their own key: the driver's plan must name it too
     monkeypatch.setenv("RT_CACHE_DIR", str(tmp_path))  # no prepared weights yet
     for expected_source in ("checkpoint", "prepared"):
-        runtime = start_runtime(tiny_llama)
+        runtime = start_runtime(tiny_llama, ("model.quantization", quantization))
         try:
             runner = runtime.result("load-weights")
+            assert runner.quantization == quantization
             task = _task(runtime, "preload-prefetch")
             prefetched = [Path(f) for f in task.notes["files"]]
             weights = [f for f in prefetched if f.suffix == ".safetensors"]

@@ -73,8 +73,8 @@ def int4_linear(
 
 
 def _targets(model: nn.Module) -> list[nn.Module]:
-    # The linear layers (decode_layout marks them and the LM head; a head has no
-    # in/out split to pack, and a tied one is the embedding's table).
+    # The linear layers only: the LM head stays dense (a tied one is the embedding's
+    # table, which the embedding reads row by row).
     from rt.plugins.tp.layers.linear import LinearBase
 
     return [
