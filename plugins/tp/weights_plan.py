@@ -19,8 +19,8 @@ from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.build_once import MARKER
 from rt.plugins.tp.layout_probe import known_parts
 
-# Bump when the prepared layout changes (see prepared_weights.py and layers/cpu_layout.py).
-LAYOUT_VERSION = 4
+# Bump when the prepared layout changes (prepared_weights.py, layers/cpu_layout.py, int4.py).
+LAYOUT_VERSION = 5  # 5: int4 layers keep a bfloat16 copy (layers/int4.py)
 PREPARED_FILE = "weights.safetensors"
 
 

@@ -10,8 +10,10 @@ import shutil
 import pytest
 import torch
 from rt.core.errors import ModelError
+from rt.core.step import SamplingParams, SeqStep, StepMetadata
 from rt.plugins.tp.layers.int4 import (
     GROUP_SIZE,
+    INT4_MAX_TOKENS,
     _groups,
     dequantize,
     int4_linear,
@@ -52,19 +54,32 @@ def test_quantize_recovers_q4_1_codes_exactly():
     assert (err <= bound).all()
 
 
-def test_kernel_multiplies_by_the_dequantized_matrix():
+@pytest.mark.parametrize("tokens", [1, 5, INT4_MAX_TOKENS])
+def test_kernel_multiplies_by_the_dequantized_matrix(tokens):
     g = torch.Generator().manual_seed(1)
     w = torch.randn(96, 64, generator=g)
-    x, bias = torch.randn(5, 64, generator=g), torch.randn(96, generator=g)
-    packed, scale_zero = quantize(w)
+    x, bias = torch.randn(tokens, 64, generator=g), torch.randn(96, generator=g)
+    packed, scale_zero, dense = quantize(w)
     assert packed.shape == (96, 32) and packed.dtype == torch.uint8
-    y = int4_linear(x, packed, scale_zero, GROUP_SIZE, bias)
+    # a poisoned dense copy shows that steps this short never read it
+    y = int4_linear(x, packed, scale_zero, torch.full_like(dense, float("nan")), GROUP_SIZE, bias)
     expected = x.bfloat16().float() @ dequantize(w).t() + bias
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, expected, atol=0.05, rtol=0.01)
     # and the matrix is a 4-bit approximation of w (half a step of a group's range at
     # most, plus bfloat16 rounding), not w itself
     assert 0 < (dequantize(w) - w).abs().max() < 1.1 * w.abs().max() / 15
+
+
+def test_longer_steps_multiply_by_the_dense_bfloat16_copy():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(96, 64, generator=g)
+    x = torch.randn(INT4_MAX_TOKENS + 1, 64, generator=g)
+    packed, scale_zero, dense = quantize(w)
+    assert dense.dtype == torch.bfloat16 and torch.equal(dense, dequantize(w).bfloat16())
+    y = int4_linear(x, packed.zero_(), scale_zero, dense, GROUP_SIZE, None)  # packed unused
+    expected = x.bfloat16().float() @ dequantize(w).t()
+    torch.testing.assert_close(y, expected, atol=0.05, rtol=0.01)
 
 
 def test_supports_names_the_kernel_constraints():
@@ -108,7 +123,11 @@ def test_int4_model_matches_transformers_on_the_dequantized_weights(tiny):
     packed = [m for m in runner.model.modules() if "int4_group" in m.__dict__]
     assert len(packed) == 4 * runner.model_config.num_hidden_layers
     dense, _ = _runner(path, quantization="none")
-    assert runner.param_bytes() < dense.param_bytes() / 2
+    assert runner.param_bytes() < dense.param_bytes()
+    for m in packed:  # 4-bit codes, their scales and the bfloat16 copy: 2.625 bytes a weight
+        n, k = m.weight_dense.shape
+        held = sum(p.numel() * p.element_size() for p in m.parameters())
+        assert held == n * k * 2.625
 
     prompt = random_prompt(13, runner.model_config.vocab_size, seed=3)
     ours = full_logits(runner, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
@@ -121,6 +140,16 @@ def test_int4_model_matches_transformers_on_the_dequantized_weights(tiny):
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
     # ...while the float32 weights give other logits: the comparison can tell.
     assert (theirs - original).abs().max() > 10 * (ours - theirs).abs().max()
+
+    # One token at a time (the int4 kernel; 13 tokens at once used the bfloat16 copy),
+    # fed the same prompt: the same logits within the same precision.
+    greedy = SamplingParams(temperature=0.0, max_tokens=1)
+    table = BlockTables(NUM_BLOCKS, BLOCK_SIZE).cover(1, len(prompt))
+    for pos, token in enumerate(prompt):
+        step = StepMetadata.from_seqs(pos, [SeqStep(1, (token,), pos, table, True, 0, greedy)])
+        row = runner.run(step)[0]
+        torch.testing.assert_close(row, theirs[pos], atol=0.04, rtol=0.02)
+        assert row.argmax() == theirs[pos].argmax()
 
 
 def test_prepared_int4_weights_map_back_unchanged(tiny, rt_cache):

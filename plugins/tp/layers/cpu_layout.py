@@ -104,7 +104,7 @@ def module_linear(
     """
     group = module.__dict__.get("int4_group")
     if group is not None:
-        return int4_linear(x, weight, module.weight_scale_zero, group, bias)
+        return int4_linear(x, weight, module.weight_scale_zero, module.weight_dense, group, bias)
     if weight.dim() != 2 or x.dim() != 2:
         return linear(x, weight, bias)
     key = (weight.data_ptr(), weight.stride())
