@@ -44,16 +44,27 @@ def supports(out_features: int, in_features: int, group: int = GROUP_SIZE) -> bo
 
 
 def _groups(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``weight [N, K]`` -> (q ``[N, K]`` int32 in 0..15, scale_zero ``[K/group, N, 2]`` bf16)."""
+    """``weight [N, K]`` -> (q ``[N, K/group, group]`` float32 holding 0..15, scale_zero
+    ``[K/group, N, 2]`` bf16)."""
+    # A few passes, mostly in place: the sequential path quantizes SmolLM2's 106 M
+    # weights on one thread at every start.
     n, k = weight.shape
     w = weight.detach().float().reshape(n, k // group, group)
-    lo, hi = w.amin(-1), w.amax(-1)  # [N, K/group]
-    scale = (hi - lo) / 15
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = ((w - lo.unsqueeze(-1)) / safe.unsqueeze(-1)).round_().clamp_(0, 15)
-    zero = lo + 8 * scale  # (q - 8) * scale + zero == q * scale + lo
-    scale_zero = torch.stack([scale, zero], -1).transpose(0, 1).contiguous()
-    return q.reshape(n, k).to(torch.int32), scale_zero.to(torch.bfloat16)
+    lo, hi = w.amin(-1), w.amax(-1)  # [N, K/group]; 2x faster than aminmax here
+    scale = (hi - lo).div_(15)
+    inv = torch.where(scale > 0, scale, 1.0).reciprocal_()
+    q = (w - lo.unsqueeze(-1)).mul_(inv.unsqueeze(-1)).round_().clamp_(0, 15)
+    zero = lo.add_(scale, alpha=8)  # (q - 8) * scale + zero == q * scale + lo
+    scale_zero = torch.stack([scale, zero], -1).transpose(0, 1).to(torch.bfloat16)
+    return q, scale_zero.contiguous()
+
+
+def _dense(q: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
+    """``(q - 8) * scale + zero`` in float32 ``[N, K]``, with the kernel's bf16 scale and
+    zero; q ``[N, K/group, group]`` is consumed."""
+    scale, zero = scale_zero.float().transpose(0, 1).unbind(-1)  # [N, K/group] each
+    dense = q.sub_(8).mul_(scale.unsqueeze(-1)).add_(zero.unsqueeze(-1))  # in place: no copy
+    return dense.reshape(q.shape[0], -1)
 
 
 def quantize(
@@ -62,18 +73,13 @@ def quantize(
     """``weight [N, K]`` -> (packed ``[N, K/2]`` uint8, scale_zero ``[K/group, N, 2]`` bf16,
     the same matrix dense ``[N, K]`` bf16)."""
     q, scale_zero = _groups(weight, group)
-    dense = _dense(q, scale_zero, group).to(torch.bfloat16)
-    return torch._convert_weight_to_int4pack_for_cpu(q, 1), scale_zero, dense
-
-
-def _dense(q: torch.Tensor, scale_zero: torch.Tensor, group: int) -> torch.Tensor:
-    sz = scale_zero.float().repeat_interleave(group, 0)  # [K, N, 2]
-    return (q.float() - 8) * sz[..., 0].t() + sz[..., 1].t()
+    packed = torch._convert_weight_to_int4pack_for_cpu(q.reshape(weight.shape).to(torch.int32), 1)
+    return packed, scale_zero, _dense(q, scale_zero).to(torch.bfloat16)
 
 
 def dequantize(weight: torch.Tensor, group: int = GROUP_SIZE) -> torch.Tensor:
     """The float32 ``[N, K]`` matrix that ``quantize(weight)`` stands for."""
-    return _dense(*_groups(weight, group), group)
+    return _dense(*_groups(weight, group))
 
 
 def int4_linear(
