@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rt.core.entry_points import distribution_version
 from rt.core.errors import ModelError
+from rt.core.host import cpu_model
 from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.build_once import MARKER
 from rt.plugins.tp.layout_probe import known_parts
@@ -96,8 +97,12 @@ def prepared_dir(
         "layout": LAYOUT_VERSION,
         "parts": parts,
     }
-    if quantization != "none":  # int4's packing is torch's own: a new torch repacks
-        ident.update(quantization=quantization, torch=distribution_version("torch"))
+    if quantization != "none":
+        # torch packs int4 weights in the layout its kernel for this CPU's instruction
+        # set reads: another torch build or another CPU (a shared cache) packs anew
+        ident.update(
+            quantization=quantization, torch=distribution_version("torch"), cpu=cpu_model()
+        )
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return rt_cache_dir() / "prepared" / f"{model_dir.name}-{key}" / f"rank{rank}-of-{world_size}"
 
