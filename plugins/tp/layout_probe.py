@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import attrs
 from rt.core.entry_points import distribution_version
 from rt.core.host import cpu_model, usable_cores
 from rt.core.paths import rt_cache_dir
-from rt.plugins.tp.cores import threads_per_rank
+from rt.plugins.tp.cores import run_with_threads, threads_per_rank
 
 PROBE_FILE = "cpu-decode-layout.json"
 # Split blocks are kept only when clearly faster: the 2-D layout is the simpler one and
@@ -100,34 +99,15 @@ def remember(threads: int, choice: LayoutChoice) -> None:
 
 
 def measure(threads: int) -> LayoutChoice:
-    """Time one pass over the probe matrices in both layouts, ``threads`` torch threads.
-
-    Runs in a thread of its own: a thread that runs a parallel torch op keeps an OpenMP
-    team while it lives, and one left in the loading thread slows every later step
-    (see ModelRunner.bind_compute_thread).
-    """
-    result: list[LayoutChoice] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(_measure_here(threads))
-        except BaseException as e:  # re-raised in the caller's thread
-            failure.append(e)
-
-    worker = threading.Thread(target=run, name="rt-layout-probe")
-    worker.start()
-    worker.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    """Time one pass over the probe matrices in both layouts, ``threads`` torch threads
+    (in a thread of its own: see cores.run_with_threads)."""
+    return run_with_threads(lambda: _measure_here(threads), threads)
 
 
 def _measure_here(threads: int) -> LayoutChoice:
     import torch
     from rt.plugins.tp.layers.cpu_layout import linear, split_weight
 
-    torch.set_num_threads(threads)
     best = {1: float("inf"), threads: float("inf")}
     with torch.inference_mode():
         plain = [torch.full(s, 0.01) for s in PROBE_SHAPES]

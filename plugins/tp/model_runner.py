@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from rt.core.errors import ModelError
 from rt.core.step import StepMetadata
-from rt.plugins.tp.cores import threads_per_rank
+from rt.plugins.tp.cores import run_with_threads, threads_per_rank
 from rt.plugins.tp.kv_cache import KVCacheSpec
 from rt.plugins.tp.layers.attention import Attention
 from rt.plugins.tp.layers.attention_metadata import as_long, build_attention_metadata
@@ -107,7 +107,10 @@ class ModelRunner:
         self.opened_files = load_weights(model, self.model_dir)
         model.process_weights_after_loading()
         if self.quantization == "int4":
-            quantize_model(model)
+            # the rank's threads, in a thread whose OpenMP team ends with it: ~2x faster
+            # on 2 cores for a start without prepared weights
+            threads = threads_per_rank(self.ctx.world_size)
+            run_with_threads(lambda: quantize_model(model), threads)
         if self.device.type == "cpu":
             apply_decode_layout(model, self.layout.parts)
         self.model = model.eval()
