@@ -265,7 +265,7 @@ def rt_load_weights(config: Any, runtime: Any) -> Any:
         quantization=config.model.quantization,
     )
     note("from", runner.load_weights(use_prepared=config.model.prepared_cache))
-    note("quantization", runner.quantization)
+    note("quantization", runner.describe_quantization())
     note("layout", runner.layout.describe())
     note("param_bytes", runner.param_bytes())
     note("dtype", str(runner.dtype).removeprefix("torch."))

@@ -13,7 +13,7 @@ from rt.plugins.tp.kv_cache import KVCacheSpec
 from rt.plugins.tp.layers.attention import Attention
 from rt.plugins.tp.layers.attention_metadata import as_long, build_attention_metadata
 from rt.plugins.tp.layers.cpu_layout import apply_decode_layout
-from rt.plugins.tp.layers.int4 import int4_shell, quantize_model
+from rt.plugins.tp.layers.int4 import count_linear_layers, int4_shell, quantize_model
 from rt.plugins.tp.layout_probe import LayoutChoice, choose
 from rt.plugins.tp.loader import load_weights, materialize
 from rt.plugins.tp.model_config import ModelConfig
@@ -54,6 +54,7 @@ class ModelRunner:
         self.block_size = block_size
         # "int4" or "none" (layers/int4.py); the setting may say "auto"
         self.quantization = self.model_config.quantization(quantization, self.device.type)
+        self.int4_layers = 0  # linear layers held in int4 (some shapes cannot be packed)
         self.model: torch.nn.Module | None = None
         self.kv_cache: torch.Tensor | None = None  # [2, L, num_blocks, block_size, Hkv, D]
         self.save_thread: threading.Thread | None = None  # saving prepared weights
@@ -100,7 +101,7 @@ class ModelRunner:
             path = prepared_file(folder)
             if path is not None:
                 if self.quantization == "int4":
-                    int4_shell(model)
+                    self.int4_layers = int4_shell(model)
                 if load_prepared(model, path, self.device):
                     self.model = model.eval()
                     self.opened_files = [path]
@@ -113,13 +114,20 @@ class ModelRunner:
             # the rank's threads, in a thread whose OpenMP team ends with it: SmolLM2's
             # decoder took ~0.75 s on 2 threads against ~1.1 s on the loading thread's one
             threads = threads_per_rank(self.ctx.world_size)
-            run_with_threads(lambda: quantize_model(model), threads)
+            self.int4_layers = run_with_threads(lambda: quantize_model(model), threads)
         if self.device.type == "cpu":
             apply_decode_layout(model, self.layout.parts)
         self.model = model.eval()
         if folder is not None:
             self.save_thread = save_prepared_async(model, folder)
         return "checkpoint"
+
+    def describe_quantization(self) -> str:
+        """For the timeline: "none", or "int4 (120 of 120 linear layers)"."""
+        if self.quantization == "none":
+            return "none"
+        assert self.model is not None, "load_weights() first"
+        return f"int4 ({self.int4_layers} of {count_linear_layers(self.model)} linear layers)"
 
     def _meta_model(self) -> torch.nn.Module:
         with torch.device("meta"):

@@ -122,6 +122,7 @@ def test_int4_model_matches_transformers_on_the_dequantized_weights(tiny):
     assert runner.quantization == "int4"
     packed = [m for m in runner.model.modules() if "int4_group" in m.__dict__]
     assert len(packed) == 4 * runner.model_config.num_hidden_layers
+    assert runner.describe_quantization() == f"int4 ({len(packed)} of {len(packed)} linear layers)"
     dense, _ = _runner(path, quantization="none")
     assert runner.param_bytes() < dense.param_bytes()
     for m in packed:  # 4-bit codes, their scales and the bfloat16 copy: 2.625 bytes a weight
@@ -159,6 +160,7 @@ def test_prepared_int4_weights_map_back_unchanged(tiny, rt_cache):
     first.save_thread.join()
     second, source = _runner(path, use_prepared=True)
     assert source == "prepared"
+    assert second.describe_quantization() == first.describe_quantization()
     prompt = random_prompt(9, first.model_config.vocab_size, seed=4)
     a = full_logits(first, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
     b = full_logits(second, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
@@ -175,6 +177,9 @@ def test_layers_the_kernel_cannot_pack_stay_dense(tmp_path):
     runner, _ = _runner(path)
     packed = {name for name, m in runner.model.named_modules() if "int4_group" in m.__dict__}
     assert packed and all(name.endswith("down_proj") for name in packed)
+    assert (
+        runner.describe_quantization() == f"int4 ({len(packed)} of {4 * len(packed)} linear layers)"
+    )
     prompt = random_prompt(7, runner.model_config.vocab_size, seed=5)
     logits = full_logits(runner, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
     assert torch.isfinite(logits).all()

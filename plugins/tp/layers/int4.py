@@ -134,12 +134,22 @@ def quantize_model(model: nn.Module) -> int:
     return len(targets)
 
 
-def int4_shell(model: nn.Module) -> None:
+def int4_shell(model: nn.Module) -> int:
     """Give a model built on the meta device the int4 parameter shapes, so prepared
-    int4 weights (saved from :func:`quantize_model`'s result) can be mapped into it."""
-    for module in _targets(model):
+    int4 weights (saved from :func:`quantize_model`'s result) can be mapped into it;
+    returns how many layers took them."""
+    targets = _targets(model)
+    for module in targets:
         n, k = module.weight.shape
         packed = torch.empty(n, k // 2, dtype=torch.uint8, device="meta")
         scale_zero = torch.empty(k // GROUP_SIZE, n, 2, dtype=torch.bfloat16, device="meta")
         dense = torch.empty(n, k, dtype=torch.bfloat16, device="meta")
         _set(module, packed, scale_zero, dense)
+    return len(targets)
+
+
+def count_linear_layers(model: nn.Module) -> int:
+    """The linear layers of ``model``, packable or not (the denominator of a timeline note)."""
+    from rt.plugins.tp.layers.linear import LinearBase
+
+    return sum(isinstance(m, LinearBase) for m in model.modules())
