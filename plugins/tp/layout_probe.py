@@ -57,14 +57,15 @@ class LayoutChoice:
 
 
 @functools.cache  # one scan of sys.path per process: the key is built once per rank
-def _torch_version() -> str:
+def torch_version() -> str:
+    """The installed torch build ("2.13.0+cpu"), read once per process without importing it."""
     return distribution_version("torch") or "none"
 
 
 def machine_key(threads: int) -> str:
     """What the answer depends on: the CPU, the cores this process may use, the threads a
     rank runs and the torch build (its MKL)."""
-    return f"{cpu_model()} | cores {usable_cores()} | threads {threads} | torch {_torch_version()}"
+    return f"{cpu_model()} | cores {usable_cores()} | threads {threads} | torch {torch_version()}"
 
 
 def probe_path() -> Path:

@@ -18,7 +18,7 @@ from rt.core.errors import ModelError
 from rt.core.host import cpu_model
 from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.build_once import MARKER
-from rt.plugins.tp.layout_probe import known_parts
+from rt.plugins.tp.layout_probe import known_parts, torch_version
 
 # Bump when the prepared layout changes (prepared_weights.py, layers/cpu_layout.py, int4.py).
 LAYOUT_VERSION = 5  # 5: int4 layers keep a bfloat16 copy (layers/int4.py)
@@ -100,9 +100,7 @@ def prepared_dir(
     if quantization != "none":
         # torch packs int4 weights in the layout its kernel for this CPU's instruction
         # set reads: another torch build or another CPU (a shared cache) packs anew
-        ident.update(
-            quantization=quantization, torch=distribution_version("torch"), cpu=cpu_model()
-        )
+        ident.update(quantization=quantization, torch=torch_version(), cpu=cpu_model())
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return rt_cache_dir() / "prepared" / f"{model_dir.name}-{key}" / f"rank{rank}-of-{world_size}"
 

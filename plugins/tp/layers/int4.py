@@ -101,16 +101,16 @@ def int4_linear(
     return y if bias is None else y.add_(bias)
 
 
+def _linear_layers(model: nn.Module) -> list[nn.Module]:
+    from rt.plugins.tp.layers.linear import LinearBase  # linear.py imports this module
+
+    return [m for m in model.modules() if isinstance(m, LinearBase)]
+
+
 def _targets(model: nn.Module) -> list[nn.Module]:
     # The linear layers only: the LM head stays dense (a tied one is the embedding's
     # table, which the embedding reads row by row).
-    from rt.plugins.tp.layers.linear import LinearBase
-
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, LinearBase) and supports(*m.weight.shape, GROUP_SIZE)
-    ]
+    return [m for m in _linear_layers(model) if supports(*m.weight.shape, GROUP_SIZE)]
 
 
 def _set(
@@ -150,6 +150,4 @@ def int4_shell(model: nn.Module) -> int:
 
 def count_linear_layers(model: nn.Module) -> int:
     """The linear layers of ``model``, packable or not (the denominator of a timeline note)."""
-    from rt.plugins.tp.layers.linear import LinearBase
-
-    return sum(isinstance(m, LinearBase) for m in model.modules())
+    return len(_linear_layers(model))
