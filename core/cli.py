@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from rt import __version__
 from rt.core.cli_context import CliContext, config_option_pairs
 from rt.core.discovery import discover
-from rt.core.errors import RtError
+from rt.core.errors import RtError, StageFailed, debug_enabled, user_error
 from rt.core.pluginmanager import RtPluginManager, build_plugin_manager
 from rt.core.profile_registry import load_config
 from rt.core.selection import select
@@ -48,6 +48,12 @@ def add_config_options(parser: argparse.ArgumentParser, suppress: bool = True) -
         metavar="KEY=VALUE",
         help="set any config key, e.g. --set server.port=9000 (repeatable)",
     )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="on an error, print the Python traceback too (same as RT_DEBUG=1)",
+    )
 
 
 def add_startup_options(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +81,14 @@ def add_startup_options(parser: argparse.ArgumentParser) -> None:
         const=True,
         default=argparse.SUPPRESS,
         help="run the startup stages one at a time (the baseline)",
+    )
+    group.add_argument(
+        "--offline",
+        dest="model.offline",
+        action="store_const",
+        const=True,
+        default=argparse.SUPPRESS,
+        help="never download: a hub id must be in the local cache (as HF_HUB_OFFLINE=1)",
     )
 
 
@@ -146,18 +160,50 @@ def _run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    before = os.environ.get("RT_DEBUG")
+    if _wants_debug(argv):
+        # --debug is RT_DEBUG=1 for this run, so the rank processes it starts inherit it.
+        os.environ["RT_DEBUG"] = "1"
     try:
         return _run(argv)
     except RtError as e:
-        if os.environ.get("RT_DEBUG"):
-            traceback.print_exc()
-        print(f"rt: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return report_error(e)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `rt ... | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    finally:
+        if before is None:
+            os.environ.pop("RT_DEBUG", None)
+        else:
+            os.environ["RT_DEBUG"] = before
+
+
+def _wants_debug(argv: Sequence[str]) -> bool:
+    """``--debug`` anywhere before ``--``: read before parsing, which can fail too."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--debug" in options
+
+
+def report_error(error: RtError) -> int:
+    """Print ``error`` for a user and return the exit code.
+
+    One line, ``rt: error: MESSAGE``, when the user can fix it, also when a startup
+    stage raised it (the message names the value and the fix; a traceback only buries
+    it). A stage that crashed on a bug prints its original traceback: that is the report.
+    """
+    user = user_error(error)
+    if user is None:
+        print(f"rt: error: {error}", file=sys.stderr)
+        return error.exit_code
+    if debug_enabled():
+        if isinstance(error, StageFailed):  # the stage, the plugin, the original traceback
+            print(error, file=sys.stderr)
+        else:
+            traceback.print_exception(error, file=sys.stderr)
+    print(f"rt: error: {user}", file=sys.stderr)
+    return user.exit_code
 
 
 def console_main() -> None:

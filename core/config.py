@@ -35,7 +35,9 @@ class ModelConfig:
     source: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
     revision: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
     download_dir: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
-    allow_download: bool = attrs.field(default=False, validator=instance_of(bool))
+    # A hub id missing from the local cache is downloaded unless this is true (or
+    # HF_HUB_OFFLINE=1, the hub's own switch); `--offline` sets it.
+    offline: bool = attrs.field(default=False, validator=instance_of(bool))
     dtype: str = attrs.field(
         default="auto", validator=in_(("auto", "float32", "bfloat16", "float16"))
     )
@@ -45,6 +47,11 @@ class ModelConfig:
     quantization: str = attrs.field(default="auto", validator=in_(("auto", "none", "int4")))
     # Save each rank's loaded weights in rt's cache and map them on later starts.
     prepared_cache: bool = attrs.field(default=True, validator=instance_of(bool))
+
+    @property
+    def allow_download(self) -> bool:
+        """What ``resolve_model`` takes; the environment's HF_HUB_OFFLINE is checked there."""
+        return not self.offline
 
 
 @attrs.frozen

@@ -1,11 +1,14 @@
 """Errors a user or a plugin author can cause.
 
-Every one of them is an ``RtError``: the CLI prints its message (no traceback
-unless ``RT_DEBUG=1``) and exits with its ``exit_code``. Messages name the culprit
-(stage, plugin, key, value) and, where there is one, the fix.
+Every one of them is an ``RtError``: the CLI prints its message on one line (no
+traceback unless ``--debug`` or ``RT_DEBUG=1``) and exits with its ``exit_code``, also when
+a startup stage raised it (see :func:`user_error`). Messages name the culprit (stage,
+plugin, key, value) and, where there is one, the fix.
 """
 
 from __future__ import annotations
+
+import os
 
 
 class RtError(Exception):
@@ -61,6 +64,23 @@ class StageFailed(RtError):
             f"startup stage {stage!r} failed{who}: {type(cause).__name__}: {cause}\n"
             f"--- original traceback ---\n{traceback_text.rstrip()}"
         )
+
+
+def user_error(error: BaseException) -> RtError | None:
+    """The error the user can fix behind ``error``, or ``None`` for a bug.
+
+    A stage that raises an ``RtError`` fails startup with a :class:`StageFailed` around
+    it; the user needs the inner message, not the wrapper's traceback. Any other
+    exception inside a stage is a bug in rt or a plugin, whose traceback is the report.
+    """
+    while isinstance(error, StageFailed):
+        error = error.cause
+    return error if isinstance(error, RtError) else None
+
+
+def debug_enabled() -> bool:
+    """Whether errors show their traceback: ``RT_DEBUG`` set (``rt --debug`` sets it)."""
+    return bool(os.environ.get("RT_DEBUG"))
 
 
 class ModelError(RtError):

@@ -74,12 +74,20 @@ def run_startup(runtime: Runtime) -> StageScheduler:
 def report_startup(runtime: Runtime) -> None:
     """Print the timeline table (stderr) and write the Chrome trace when asked.
 
-    Called after startup, also after a failed one: the timeline shows what ran.
+    Called after startup, also after a failed one: the timeline shows what ran. The
+    table is left out after a failure the user can fix (a missing model, a port in use)
+    unless ``--debug``: the CLI's one line says what to change, a table would bury it.
     """
     import sys
 
+    from rt.core.errors import debug_enabled, user_error
+
     config = runtime.config
-    if config.startup.print_timeline:
+    # Callers run this in a `finally` around startup: the exception in flight, if
+    # any, is the startup failure.
+    failure = sys.exc_info()[1]
+    quiet = failure is not None and user_error(failure) is not None and not debug_enabled()
+    if config.startup.print_timeline and not quiet:
         print(to_table(runtime.timeline), file=sys.stderr)
     if config.startup.trace:
         write_chrome_trace(runtime.timeline, config.startup.trace)

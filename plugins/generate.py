@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rt.core import RtError, hookimpl
+from rt.core import RtError, UsageError, hookimpl
 from rt.core.cli import add_startup_options
 from rt.core.cli_context import CliContext
 
@@ -59,7 +59,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
             stop=tuple(args.stop),
         )
     except (ValueError, TypeError) as e:
-        raise RtError(f"bad sampling option: {e}") from None
+        raise UsageError(f"bad sampling option: {e}") from None
 
 
 def engine_of(runtime: Any) -> Engine:

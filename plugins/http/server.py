@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from rt.core.config import ServerConfig
-from rt.core.errors import RtError
+from rt.core.errors import ConfigError, RtError
 from rt.plugins.http.app import build_app
 from rt.plugins.http.state import ServerState
 
@@ -37,8 +37,8 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
         sock.listen(1024)
-    except OSError as e:
-        raise RtError(
+    except OSError as e:  # a port in use, an address not on this machine: the user's to fix
+        raise ConfigError(
             f"cannot listen on {host}:{port}: {e}; pick another address with "
             "--host/--port (server.host, server.port; port 0 picks a free one)"
         ) from None

