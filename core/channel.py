@@ -3,7 +3,7 @@
 ``rt_metadata_broadcaster`` returns a :class:`MetadataChannel`. The driver calls
 ``send`` once per step; every other rank calls ``recv`` in its worker loop. Besides
 :class:`~rt.core.step.StepMetadata` a channel carries :class:`ControlMessage`s
-(shutdown, abort, ping). A channel's name is its plugin's name (``object-list``).
+(shutdown, abort, ping, heartbeat). A channel's name is its plugin's name (``object-list``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from typing import Literal, Protocol, runtime_checkable
 import attrs
 from rt.core.step import STEP_SCHEMA_VERSION, StepMetadata
 
-ControlKind = Literal["ping", "shutdown", "abort"]
+ControlKind = Literal["ping", "shutdown", "abort", "heartbeat"]
 
 
 @attrs.frozen
 class ControlMessage:
     """``ping`` carries the schema version and the plugin set, for the startup
-    round trip; ``abort`` names a sequence; ``shutdown`` ends the worker loop."""
+    round trip; ``abort`` names a sequence; ``shutdown`` ends the worker loop;
+    ``heartbeat`` carries nothing: an idle driver sends it so that ranks waiting for
+    the next step never reach a channel's or a collective's timeout."""
 
     kind: ControlKind
     seq_id: int = -1

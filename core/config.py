@@ -70,6 +70,10 @@ class ParallelConfig:
     # process) or "process" (its own process, so the driver, which serves HTTP,
     # tokenizes and schedules, never imports torch and its work overlaps the import).
     rank0: str = attrs.field(default="driver", validator=in_(("driver", "process")))
+    # How long a collective (a step's all-reduce, the metadata broadcast) may wait for
+    # the other ranks before it fails. An idle server is never near it: the engine
+    # sends the ranks a heartbeat well within it (plugins/tp/llm_engine.py).
+    collective_timeout_s: float = attrs.field(default=120.0, validator=[gt(0.0)])
 
 
 @attrs.frozen
@@ -129,6 +133,9 @@ class ServerConfig:
     api_key: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=[instance_of(int), gt(0)])
     shutdown_grace_s: float = attrs.field(default=10.0, validator=[ge(0.0)])
+    # A dead engine (a rank died) never comes back: exit non-zero so a supervisor
+    # restarts the server. false keeps it up, answering 503, for inspection.
+    exit_on_engine_death: bool = attrs.field(default=True, validator=instance_of(bool))
 
 
 @attrs.frozen

@@ -73,10 +73,17 @@ OutputCallback = Callable[[GenerationOutput], None]
 
 @runtime_checkable
 class Engine(Protocol):
-    """A running engine. All methods are thread-safe."""
+    """A running engine. All methods are thread-safe.
+
+    ``dead_reason`` is None while the engine serves. Once it died on its own (a rank
+    died, a step failed) it holds why, in one line fit for a client, and the engine
+    never serves again: a frontend reports itself not ready and the server exits so
+    that a supervisor restarts it. A requested ``shutdown()`` leaves it None.
+    """
 
     model_name: str
     max_model_len: int
+    dead_reason: str | None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; encode a rendered chat template with

@@ -1,8 +1,17 @@
-"""OpenAI-style error bodies: ``{"error": {"message", "type", "param", "code"}}``."""
+"""OpenAI-style error bodies: ``{"error": {"message", "type", "param", "code"}}``.
+
+A body's message is one line and names no server internals: tracebacks and the
+details of an exception go to the server's log, under the request's ``x-request-id``.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# An absolute file path of two or more parts (/home/u/models/x.safetensors,
+# /usr/lib/python3/site-packages/...): what a server must not tell its clients.
+_FILE_PATH = re.compile(r"(?<![\w/.:])(?:/[\w.+@~-]+){2,}/?")
 
 # The ``type`` OpenAI uses for each status we return.
 _TYPES = {
@@ -37,12 +46,25 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def one_line(message: str) -> str:
+    """The first non-empty line of ``message``: never a traceback that follows it."""
+    return next((line.strip() for line in message.splitlines() if line.strip()), "")
+
+
+def public_message(text: str) -> str:
+    """``text`` (an exception's message, say) fit for a client: one line, with every
+    absolute file path cut to its last part (``.../model.safetensors``)."""
+    return _FILE_PATH.sub(
+        lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], one_line(text)
+    )
+
+
 def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {
         "error": {
-            "message": message,
+            "message": one_line(message),
             "type": _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
             "param": param,
             "code": code,

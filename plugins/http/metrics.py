@@ -26,8 +26,14 @@ class _RuntimeCollector:
     def collect(self) -> Iterator[Metric]:
         ready = GaugeMetricFamily("rt_ready", "1 once startup finished and the engine serves")
         engine = self.runtime.services.get("engine") if self.runtime.ready.is_set() else None
-        ready.add_metric([], 1.0 if engine is not None else 0.0)
+        dead = getattr(engine, "dead_reason", None) is not None
+        ready.add_metric([], 1.0 if engine is not None and not dead else 0.0)
         yield ready
+        deaths = CounterMetricFamily(
+            "rt_engine_deaths", "Engine deaths (a rank died, a step failed): the server exits"
+        )
+        deaths.add_metric([], 1.0 if dead else 0.0)
+        yield deaths
         stages = GaugeMetricFamily(
             "rt_startup_stage_duration_seconds",
             "Wall time of each finished startup stage",
@@ -37,7 +43,7 @@ class _RuntimeCollector:
             if span.duration is not None:
                 stages.add_metric([span.stage, str(span.rank), span.outcome], span.duration)
         yield stages
-        if engine is None:
+        if engine is None or dead:
             return
         try:
             s = engine.stats()

@@ -4,9 +4,15 @@ The listening socket is bound and listening in ``start()``, on the stage's
 thread, so the port is known (``port=0`` picks a free one) and connections made
 from then on queue in the kernel until the loop accepts them.
 
-Shutdown (``stop``): refuse new API requests and stop accepting connections,
-let requests in flight finish for up to ``shutdown_grace_s``, abort the rest in
-the engine (their streams end at once), then stop the server.
+Shutdown (``stop``): refuse new API requests (503, and ``/ready`` 503, so a load
+balancer moves on), let requests in flight finish for up to ``shutdown_grace_s``,
+abort the rest in the engine (their streams end at once), then stop accepting
+connections and stop the server.
+
+Engine death is final: ``wait()`` notices it within ``DEATH_POLL_S``; by then the
+engine has failed every request in flight (their streams end with an error event),
+and with ``server.exit_on_engine_death`` (the default) ``wait()`` stops the server
+and returns ``EXIT_ENGINE_DEAD``, so a supervisor restarts the process.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ from typing import Any
 from rt.core.config import ServerConfig
 from rt.core.errors import ConfigError, RtError
 from rt.plugins.http.app import build_app
-from rt.plugins.http.state import ServerState
+from rt.plugins.http.state import ServerState, engine_death
 
 log = logging.getLogger("rt.http")
 STARTUP_TIMEOUT_S = 30.0
+DEATH_POLL_S = 0.2
+EXIT_ENGINE_DEAD = 3  # the process's exit code after an engine death
+# After a death the failed requests' responses only have to be written out.
+DEATH_GRACE_S = 1.0
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -111,8 +121,10 @@ class HttpServer:
     def wait(self) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop()``), then shut down gracefully.
 
-        Returns 0 after a requested stop, 1 if the server died on its own. A second
-        signal cuts the grace period short.
+        Returns 0 after a requested stop, 1 if the server died on its own,
+        ``EXIT_ENGINE_DEAD`` once the engine died (unless ``exit_on_engine_death`` is
+        false: then it serves 503s until a signal). A second signal cuts the grace
+        period short.
         """
         previous: dict[int, Any] = {}
 
@@ -127,11 +139,22 @@ class HttpServer:
         early = self.runtime.services.get("http.signals")
         if early is not None and early.received.is_set():
             self._stop_requested.set()  # SIGTERM came between ready and now
+        reported = False
         try:
-            while not self._stop_requested.wait(0.2):
+            while not self._stop_requested.wait(DEATH_POLL_S):
                 if self._stopped.is_set():
                     log.error("the HTTP server stopped unexpectedly")
                     return 1
+                dead = engine_death(self.runtime)
+                if dead is None or reported:
+                    continue
+                reported = True
+                if not self.config.exit_on_engine_death:
+                    log.error("%s; serving 503 until stopped (exit_on_engine_death)", dead)
+                    continue
+                log.error("%s; exiting with code %d", dead, EXIT_ENGINE_DEAD)
+                self.stop(grace_s=DEATH_GRACE_S)
+                return EXIT_ENGINE_DEAD
             self.stop()
             return 0
         finally:
@@ -145,8 +168,9 @@ class HttpServer:
             if self._stopped.is_set() or self._loop is None:
                 return
             grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+            # New requests get a 503 that says why, not a refused connection, until
+            # the requests in flight are done.
             self.state.draining = True
-            self._call_in_loop(self._shutdown.set)  # stop accepting connections
             deadline = time.monotonic() + grace
             while self.state.inflight and time.monotonic() < deadline:
                 if self._force.wait(0.05):
@@ -156,6 +180,7 @@ class HttpServer:
                 log.warning("aborting %d request(s) still running after %.1fs", len(left), grace)
             for stream in left:
                 stream.engine.abort(stream.request_id)
+            self._call_in_loop(self._shutdown.set)  # stop accepting connections
             assert self._thread is not None
             self._thread.join(timeout=grace + 10.0)
 

@@ -17,21 +17,29 @@ from typing import Any
 
 from rt.core.config import ServerConfig
 from rt.core.engine import Engine, GenerationOutput
-from rt.plugins.http.errors import ApiError, not_ready
+from rt.plugins.http.errors import ApiError, not_ready, public_message
 from rt.plugins.http.metrics import ServerMetrics
 
 log = logging.getLogger("rt.http")
 
 
 def startup_failure(error: BaseException) -> str:
-    """A one-line summary of a failed startup: never the traceback."""
+    """A one-line summary of a failed startup: never the traceback, no file paths."""
     stage = getattr(error, "stage", None)
     cause = getattr(error, "cause", None)
     if stage is not None and cause is not None:
         plugin = getattr(error, "plugin", None)
         who = f" in plugin {plugin!r}" if plugin else ""
-        return f"startup stage {stage!r} failed{who}: {type(cause).__name__}: {cause}"
-    return str(error).split("\n", 1)[0]
+        return public_message(
+            f"startup stage {stage!r} failed{who}: {type(cause).__name__}: {cause}"
+        )
+    return public_message(str(error))
+
+
+def engine_death(runtime: Any) -> str | None:
+    """Why the published engine died (one line), or None while it serves."""
+    engine = runtime.services.get("engine") if runtime.ready.is_set() else None
+    return getattr(engine, "dead_reason", None)
 
 
 class RequestStream:
@@ -95,6 +103,8 @@ class ServerState:
             raise ApiError(
                 503, "startup finished but no plugin published an engine", code="no_engine"
             )
+        if engine.dead_reason is not None:
+            raise ApiError(503, public_message(engine.dead_reason), code="engine_dead")
         return engine
 
     def stages_in(self, state: str) -> list[str]:

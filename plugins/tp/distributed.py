@@ -20,8 +20,11 @@ from typing import Any
 import torch
 from rt.plugins.tp.weights_plan import cuda_present
 
-# Collectives that wait longer than this fail instead of hanging forever.
-COLLECTIVE_TIMEOUT = timedelta(seconds=120)
+# Rendezvous and group set-up: every rank must have joined within this. The groups'
+# collectives then get ``parallel.collective_timeout_s`` (set after set-up, so a short
+# collective timeout never races the ranks' staggered arrival).
+RENDEZVOUS_TIMEOUT = timedelta(seconds=120)
+DEFAULT_COLLECTIVE_TIMEOUT_S = 120.0
 
 
 def pick_device(rank: int) -> torch.device:
@@ -45,6 +48,7 @@ def init_distributed(
     backend: str,
     device: torch.device,
     store_listener: socket.socket | None = None,
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Join the process group; return ``{"world": ..., "control": ..., "broadcast": ...}``.
 
@@ -54,6 +58,9 @@ def init_distributed(
     because rank 0 is not listening yet backs off for ~0.5 s before retrying; forked
     from one forkserver, ranks 1..N-1 often get there first (``init_process_group`` took
     ~0.6 s at TP=3 where a listening socket made it ~20 ms).
+
+    Every collective on the returned groups fails after ``collective_timeout_s``
+    instead of hanging; an idle engine keeps its ranks' waits short with heartbeats.
     """
     import torch.distributed as dist
 
@@ -71,7 +78,7 @@ def init_distributed(
         master_port,
         world_size,
         is_master=rank == 0,
-        timeout=COLLECTIVE_TIMEOUT,
+        timeout=RENDEZVOUS_TIMEOUT,
         master_listen_fd=listen_fd,
     )
     dist.init_process_group(
@@ -79,13 +86,16 @@ def init_distributed(
         store=store,
         rank=rank,
         world_size=world_size,
-        timeout=COLLECTIVE_TIMEOUT,
+        timeout=RENDEZVOUS_TIMEOUT,
     )
-    return {
+    groups = {
         "world": dist.group.WORLD,
-        "control": dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT),
-        "broadcast": dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT),
+        "control": dist.new_group(backend="gloo", timeout=RENDEZVOUS_TIMEOUT),
+        "broadcast": dist.new_group(backend="gloo", timeout=RENDEZVOUS_TIMEOUT),
     }
+    for group in groups.values():
+        group.set_timeout(timedelta(seconds=collective_timeout_s))  # torch >= 2.6
+    return groups
 
 
 def destroy_distributed() -> None:

@@ -37,10 +37,13 @@ def build_engine(config: Any, runtime: Any) -> LLMEngine:
     if workers is not None and workers.rank0_conn is not None:
         info = workers.engine_info
         executor: StepExecutor = RemoteExecutor(workers.rank0_conn, info)
+        others_wait = True
     else:
         runner = runtime.result("load-weights")
         info = engine_info(runner, runtime.result("kv-cache"))
-        executor = local_executor(runner, runtime.results.get("metadata-broadcast"))
+        channel = runtime.results.get("metadata-broadcast")
+        executor = local_executor(runner, channel)
+        others_wait = channel is not None
     tokenizer = runtime.result("tokenizer")
     max_model_len = min(config.model.max_model_len or info.max_model_len, info.max_model_len)
     sched = config.scheduler
@@ -56,4 +59,6 @@ def build_engine(config: Any, runtime: Any) -> LLMEngine:
         scheduler=scheduler,
         tokenizer=tokenizer,
         model_name=runtime.result("model").name,
+        # Four heartbeats per timeout: an idle rank's wait restarts long before it expires.
+        heartbeat_s=config.parallel.collective_timeout_s / 4 if others_wait else None,
     )

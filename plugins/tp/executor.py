@@ -26,6 +26,7 @@ from rt.core.channel import ControlMessage, MetadataChannel
 from rt.core.step import StepMetadata
 
 SHUTDOWN = ControlMessage("shutdown")
+HEARTBEAT = ControlMessage("heartbeat")
 
 
 @attrs.frozen
@@ -51,6 +52,10 @@ class StepExecutor(Protocol):
     def execute(self, step: StepMetadata) -> tuple[list[int], list[Any]]:
         """Run ``step`` on every rank; the sampled token ids and their logprobs, one per
         sequence that samples this step, in step order."""
+
+    def heartbeat(self) -> None:
+        """Tell the ranks the driver is alive but idle: their wait for the next step
+        starts again, so no timeout fires however long the server is idle."""
 
     def shutdown(self) -> None:
         """Tell the ranks to stop (after the last step)."""
@@ -80,6 +85,10 @@ class LocalExecutor:
         result = self.sampler.sample(logits, params, num_generated)
         return result.token_ids, result.logprobs
 
+    def heartbeat(self) -> None:
+        if self.channel is not None:
+            self.channel.send(HEARTBEAT)
+
     def shutdown(self) -> None:
         if self.channel is not None:
             self.channel.send(SHUTDOWN)
@@ -104,6 +113,9 @@ class RemoteExecutor:
             raise RuntimeError(f"rank 0: {reply[1]}")
         return reply[1], reply[2]
 
+    def heartbeat(self) -> None:
+        self.conn.send(HEARTBEAT)  # rank 0 passes it on; no reply
+
     def shutdown(self) -> None:
         self.conn.send(SHUTDOWN)
 
@@ -124,6 +136,8 @@ def serve_driver(conn: Connection, executor: LocalExecutor) -> None:
                 conn.send(("error", f"{type(e).__name__}: {e}"))
                 raise
             conn.send(("ok", tokens, logprobs))
+        elif isinstance(message, ControlMessage) and message.kind == "heartbeat":
+            executor.heartbeat()
         elif isinstance(message, ControlMessage) and message.kind == "shutdown":
             executor.shutdown()
             return

@@ -181,12 +181,19 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
     if listener is not None and not rank0_here:
         listener.close()  # rank 0's process holds its own copy
     runtime.services["workers"] = group
-    group.on_death(lambda reason: _on_rank_death(runtime, reason))
+    group.on_death(lambda reason: _on_rank_death(runtime, group, reason))
     if rank0_here:
         from rt.plugins.tp.distributed import init_distributed
 
         runtime.services["process_groups"] = init_distributed(
-            0, tp, config.parallel.master_addr, port, config.parallel.backend, device, listener
+            0,
+            tp,
+            config.parallel.master_addr,
+            port,
+            config.parallel.backend,
+            device,
+            listener,
+            config.parallel.collective_timeout_s,
         )
     else:
         note("rank0", "own process")
@@ -209,12 +216,13 @@ def _store_listener(config: Any) -> Any:
         ) from None
 
 
-def _on_rank_death(runtime: Any, reason: str) -> None:
+def _on_rank_death(runtime: Any, group: Any, reason: str) -> None:
     from rt.core.errors import EngineDead
 
     engine = runtime.services.get("engine")
     if engine is not None:
-        engine.fail(reason)
+        # Clients get one line; the rank's report (a traceback) is in the log.
+        engine.fail(f"the engine died: {group.dead_summary}")
     else:
         runtime.abort_startup(EngineDead(reason))
 
@@ -232,7 +240,11 @@ def _parallel_context(config: Any, runtime: Any) -> Any:
 
         # The control group is idle until kv-cache, which needs this stage's result.
         collectives, how = open_shm_collectives(
-            runtime.rank, runtime.world_size, device, groups["control"]
+            runtime.rank,
+            runtime.world_size,
+            device,
+            groups["control"],
+            timeout_s=config.parallel.collective_timeout_s,
         )
         note("collectives", how)
     return ParallelContext(

@@ -6,6 +6,11 @@ scheduler for a step, has the executor run it (send it to the other ranks, run r
 text deltas (with stop strings) for each request's callback. Every scheduler access
 holds ``_lock``, so ``submit`` can reject a request synchronously and ``abort`` frees
 KV blocks at once; the model runs outside the lock.
+
+Idle is not a fault: while nothing is scheduled the loop sends the other ranks a
+heartbeat every ``heartbeat_s``, so their wait for the next step (a collective with a
+timeout on the built-in channel) starts over and never expires, however long the
+server sits idle. A rank that dies is noticed by the worker monitor, not by a timeout.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -35,6 +41,7 @@ log = logging.getLogger("rt.engine")
 # How long a failed step waits for the worker monitor to name a dead rank (it reaps
 # the process and reports its exit within milliseconds; this bounds a stuck monitor).
 RANK_DEATH_GRACE_S = 2.0
+SHUT_DOWN = "the engine was shut down"
 
 
 @attrs.define(eq=False)
@@ -56,6 +63,7 @@ class LLMEngine:
         tokenizer: Tokenizer,
         model_name: str,
         on_step: Callable[[], None] | None = None,
+        heartbeat_s: float | None = None,
     ):
         self.executor = executor
         self.scheduler = scheduler
@@ -63,12 +71,16 @@ class LLMEngine:
         self.model_name = model_name
         self.max_model_len = scheduler.max_model_len
         self._on_step = on_step
+        self._heartbeat_s = heartbeat_s  # None: no other rank waits on us
         self._lock = threading.Condition()
         self._active: dict[int, _Active] = {}
         self._by_request: dict[str, int] = {}
         self._seq_ids = itertools.count()
         self._stopping = False
+        # Why the engine died on its own (a rank died, a step failed): one line, no
+        # internals, for clients; None while it serves and after a requested shutdown.
         self.dead_reason: str | None = None
+        self._closed: str | None = None  # why submit refuses: death or shutdown
         self._failed = threading.Event()  # set once dead_reason is
         self._thread = threading.Thread(target=self._loop, name="rt-engine", daemon=True)
         self._thread.start()
@@ -98,8 +110,8 @@ class LLMEngine:
                 f"request {request.request_id}: prompt token ids must be in [0, {vocab})"
             )
         with self._lock:
-            if self.dead_reason is not None:
-                raise EngineDead(f"the engine is not running: {self.dead_reason}")
+            if self._closed is not None:
+                raise EngineDead(f"the engine is not running: {self._closed}")
             if request.request_id in self._by_request:
                 raise RequestError(f"request id {request.request_id!r} is already running")
             seq = Seq(next(self._seq_ids), prompt_ids, request.sampling)
@@ -140,17 +152,23 @@ class LLMEngine:
             self._stopping = True
             self._lock.notify_all()
         self._thread.join(timeout=30)
-        self.fail(self.dead_reason or "the engine was shut down")
-        if self.dead_reason == "the engine was shut down":
+        self._close(self.dead_reason or SHUT_DOWN, died=False)
+        if self.dead_reason is None:
             try:
                 self.executor.shutdown()
             except Exception:  # ranks may be gone already
                 log.debug("shutdown message not delivered", exc_info=True)
 
     def fail(self, reason: str) -> None:
-        """Fail every request in flight with ``reason`` and refuse new ones."""
+        """The engine died: fail every request in flight with ``reason`` (one line, for
+        clients; the details belong in the log) and refuse new ones, for good."""
+        self._close(reason, died=True)
+
+    def _close(self, reason: str, died: bool) -> None:
         with self._lock:
-            if self.dead_reason is None:
+            if self._closed is None:
+                self._closed = reason
+            if died and self.dead_reason is None:
                 self.dead_reason = reason
                 self._failed.set()
             failed = list(self._active.values())
@@ -161,23 +179,36 @@ class LLMEngine:
 
     # -- the loop ----------------------------------------------------------------
 
+    def _idle(self) -> bool:
+        return not self._stopping and self._closed is None and not self.scheduler.has_unfinished
+
     def _loop(self) -> None:
         try:
             self.executor.bind_thread()
+            last_sent = time.monotonic()  # when the ranks last heard from us
             while True:
+                beat = False
                 with self._lock:
-                    while (
-                        not self._stopping
-                        and self.dead_reason is None
-                        and not self.scheduler.has_unfinished
-                    ):
-                        self._lock.wait()
-                    if self._stopping or self.dead_reason is not None:
+                    while self._idle():
+                        if self._heartbeat_s is None:
+                            self._lock.wait()
+                            continue
+                        left = last_sent + self._heartbeat_s - time.monotonic()
+                        if left <= 0:
+                            beat = True
+                            break
+                        self._lock.wait(left)
+                    if self._stopping or self._closed is not None:
                         return
-                    step = self.scheduler.schedule()
+                    step = None if beat else self.scheduler.schedule()
+                if beat:
+                    self.executor.heartbeat()
+                    last_sent = time.monotonic()
+                    continue
                 if step is None:
                     continue
                 tokens, logprobs = self.executor.execute(step)
+                last_sent = time.monotonic()
                 with self._lock:
                     outcome = self.scheduler.postprocess(step, tokens, logprobs)
                     deliveries = self._collect(outcome.advanced, set(map(id, outcome.finished)))
@@ -191,7 +222,9 @@ class LLMEngine:
                 # reaped that rank; give the monitor a moment to report the real cause
                 # (which rank, how it exited) rather than gloo's "connection closed".
                 self._failed.wait(RANK_DEATH_GRACE_S)
-            self.fail(f"engine step failed: {type(e).__name__}: {e}")
+            # The exception's text can hold file paths (gloo's messages do): it is in
+            # the log above; clients get its type.
+            self.fail(f"an engine step failed ({type(e).__name__}); the server log has the details")
 
     def _collect(
         self, advanced: list[Seq], finished: set[int]

@@ -80,6 +80,7 @@ def rank_main(
                 spec.config.parallel.backend,
                 device,
                 store_listener,
+                spec.config.parallel.collective_timeout_s,
             )
         runtime = create_runtime(
             spec.config,
@@ -143,7 +144,7 @@ def _serve_steps(runtime) -> None:
         )
     runner.bind_compute_thread()
     while True:
-        message = channel.recv()
+        message = channel.recv()  # an idle driver sends a heartbeat well within any timeout
         if isinstance(message, StepMetadata):
             runner.run(message)
         elif isinstance(message, ControlMessage) and message.kind == "shutdown":

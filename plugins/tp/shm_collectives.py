@@ -44,7 +44,7 @@ SPINS = 200  # checks before yielding the core (~10-20 us)
 YIELD_S = 0.005  # then sched_yield for this long
 MAX_SLEEP_S = 0.0005  # then sleep, doubling up to this
 LIVENESS_S = 0.25  # how often a waiting rank checks that the others are alive
-TIMEOUT_S = 120.0  # the same limit as the gloo groups' collectives
+DEFAULT_TIMEOUT_S = 120.0  # parallel.collective_timeout_s, as the gloo groups' collectives
 
 
 def supported(device: torch.device) -> str | None:
@@ -61,8 +61,17 @@ def supported(device: torch.device) -> str | None:
 class ShmCollectives:
     """One rank's mapping of the segment. Use :func:`open_shm_collectives` to make one."""
 
-    def __init__(self, mm: mmap.mmap, rank: int, world_size: int, slot_bytes: int, group: Any):
+    def __init__(
+        self,
+        mm: mmap.mmap,
+        rank: int,
+        world_size: int,
+        slot_bytes: int,
+        group: Any,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
         self.rank, self.world_size, self.slot_bytes = rank, world_size, slot_bytes
+        self.timeout_s = timeout_s
         self._mm = mm
         self._group = group  # gloo fallback for tensors larger than a slot
         self._words = memoryview(mm)[:CONTROL_BYTES].cast("Q")
@@ -147,10 +156,10 @@ class ShmCollectives:
                 f"rank {rank} (pid {pid}) died: rank {self.rank} waited for it in "
                 f"shared-memory collective {call}"
             )
-        if waited > TIMEOUT_S:
+        if waited > self.timeout_s:
             raise EngineDead(
                 f"rank {rank} did not reach shared-memory collective {call} within "
-                f"{TIMEOUT_S:.0f} s (rank {self.rank} waited)"
+                f"{self.timeout_s:g} s (rank {self.rank} waited)"
             )
 
 
@@ -160,6 +169,7 @@ def open_shm_collectives(
     device: torch.device,
     group: Any,
     slot_bytes: int = DEFAULT_SLOT_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> tuple[ShmCollectives | None, str]:
     """Collective over the gloo ``group`` (every rank calls it): map one segment for
     the ranks when all of them share this node and can use it. Returns the
@@ -207,6 +217,6 @@ def open_shm_collectives(
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-    comm = ShmCollectives(mm, rank, world_size, slot_bytes, dist.group.WORLD)
+    comm = ShmCollectives(mm, rank, world_size, slot_bytes, dist.group.WORLD, timeout_s)
     dist.barrier(group=group)  # every pid is written before the first call
     return comm, f"shared memory, {slot_bytes >> 20} MiB slots"

@@ -53,7 +53,8 @@ class WorkerGroup:
         self._cond = threading.Condition()
         self._listeners: list[Callable[[str], None]] = []
         self._stopping = False
-        self.dead: str | None = None
+        self.dead: str | None = None  # the first death, with the rank's report
+        self.dead_summary: str | None = None  # the same in one line: rank, pid, how
 
     @classmethod
     def start(
@@ -90,7 +91,9 @@ class WorkerGroup:
         return group
 
     def on_death(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(reason)`` when a rank dies (at once if one already has)."""
+        """Call ``listener(reason)`` when a rank dies (at once if one already has).
+        ``reason`` holds the rank's own report (a traceback, perhaps); ``dead_summary``
+        is set by then, the one line to show a client."""
         with self._cond:
             self._listeners.append(listener)
             dead = self.dead
@@ -135,11 +138,11 @@ class WorkerGroup:
             if self._stopping:
                 return
             detail = self._errors.get(rank)
-            reason = f"rank {rank} (pid {proc.pid}) {exit_reason(proc.exitcode)}"
-            if detail:
-                reason += f": {detail}"
+            summary = f"rank {rank} (pid {proc.pid}) {exit_reason(proc.exitcode)}"
+            reason = f"{summary}: {detail}" if detail else summary
             if self.dead is None:
                 self.dead = reason
+                self.dead_summary = summary
             listeners = list(self._listeners)
             self._cond.notify_all()
         log.error("%s", reason)
@@ -169,9 +172,14 @@ class WorkerGroup:
             return [s for spans in self._ready.values() for s in spans]
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop every rank: wait a little for a clean exit, then terminate, then kill."""
+        """Stop every rank: wait a little for a clean exit, then terminate, then kill.
+
+        After a death nobody waits: the other ranks are stuck in a collective with
+        the dead one (or fail out of it), and the server must exit within seconds."""
         with self._cond:
             self._stopping = True
+            if self.dead is not None:
+                timeout = 0.0
         for proc in self.processes.values():
             proc.join(timeout)
         for proc in self.processes.values():

@@ -46,7 +46,7 @@ def step_metadata(draw, max_seqs: int = 8) -> StepMetadata:
 
 control_messages = st.builds(
     ControlMessage,
-    kind=st.sampled_from(["ping", "shutdown", "abort"]),
+    kind=st.sampled_from(["ping", "shutdown", "abort", "heartbeat"]),
     seq_id=st.integers(-1, 2**62),
     schema_version=st.integers(0, 100),
     plugins=st.lists(st.text(max_size=20), max_size=5).map(tuple),

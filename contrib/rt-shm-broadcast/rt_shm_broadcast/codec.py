@@ -51,7 +51,7 @@ _HEADER = struct.Struct("<4sHHBBHqIIIIII4x")  # 48 bytes: arrays start 8-aligned
 HEADER_BYTES = _HEADER.size
 KIND_STEP, KIND_CONTROL = 1, 2
 SAME_SAMPLING = 1  # header flag: the step's sampling records are the previous frame's
-_CONTROL_KINDS = ("ping", "shutdown", "abort")
+_CONTROL_KINDS = ("ping", "shutdown", "abort", "heartbeat")
 # The typecodes of the step's arrays, in frame order: seq_ids, token_counts,
 # start_positions, num_generated, sampling_index, table_lens, sample, token_ids, block_ids.
 STEP_TYPECODES = ("q", "i", "i", "i", "i", "i", "b", "i", "i")
