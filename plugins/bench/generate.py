@@ -1,5 +1,8 @@
 """``rt bench generate``: output tokens/s, rt vs transformers, on the same weights.
 
+Every rate divides the tokens each side produced (counted from its outputs), not the
+tokens it was asked for.
+
 rt: one stream, then 16 concurrent streams, through the real startup graph and
 engine (TP as given). transformers: ``generate`` for one stream and its continuous
 batching ``generate_batch`` for 16. Every side runs in its own child process.
@@ -123,7 +126,8 @@ def _print(r: dict[str, Any]) -> None:
         print(f"  {who:28s} {what:11s} {value:8.1f} tok/s")
     print(
         f"  rt peak RSS {r['rt']['peak_rss_bytes'] / 2**30:.2f} GiB, "
-        f"time to first token {r['rt']['ttft_s'] * 1000:.0f} ms"
+        f"time to first token {r['rt']['ttft_s'] * 1000:.0f} ms, "
+        f"tokens produced {r['rt']['single_tokens']} and {r['rt']['concurrent_tokens']}"
     )
     if "ratios" in r:
         print(

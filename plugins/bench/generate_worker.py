@@ -34,21 +34,78 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _timed(engine: Any, request: Any) -> tuple[float, float]:
-    """(seconds to the last token, seconds to the first) of one request."""
+def _timed(engine: Any, request: Any) -> tuple[float, float, int]:
+    """(seconds to the last token, seconds to the first, tokens produced) of one request."""
     first: list[float] = []
+    outputs: list[Any] = []
     done = threading.Event()
 
     def on_output(output: Any) -> None:
         if not first:
             first.append(time.perf_counter())
+        outputs.append(output)
         if output.finished:
             done.set()
 
     start = time.perf_counter()
     engine.submit(request, on_output)
     done.wait()
-    return time.perf_counter() - start, first[0] - start
+    elapsed = time.perf_counter() - start
+    _check_finished(outputs)
+    return elapsed, first[0] - start, sum(len(o.token_ids) for o in outputs)
+
+
+def _check_finished(outputs: list[Any]) -> None:
+    """Raise (in the measuring thread: the engine's callback thread must not) if a request
+    failed: a rate over a failed request's tokens is no figure."""
+    failed = [o for o in outputs if o.finish_reason in ("error", "abort")]
+    if failed:
+        o = failed[0]
+        raise RuntimeError(f"request {o.request_id} ended with {o.finish_reason}: {o.error}")
+
+
+def measure(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """Tokens/s of one stream (median of ``runs``) and of ``concurrency`` streams at once.
+
+    Rates divide the tokens the engine produced, not the ``max_tokens`` asked for: a
+    request that ends early (a stop token, an error) must not count as a full one."""
+    from rt.core.engine import GenerationRequest
+    from rt.core.step import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)
+    single, ttfts, single_tokens = [], [], []
+    for i in range(spec["runs"]):
+        elapsed, ttft, produced = _timed(
+            engine, GenerationRequest(f"single-{i}", prompt=PROMPTS[0], sampling=params)
+        )
+        single.append(produced / elapsed)
+        ttfts.append(ttft)
+        single_tokens.append(produced)
+    c = spec["concurrency"]
+    finished = threading.Semaphore(0)
+    outputs: list[Any] = []  # list.append is atomic: callbacks may come from any thread
+
+    def on_output(output: Any) -> None:
+        outputs.append(output)
+        if output.finished:
+            finished.release()
+
+    start = time.perf_counter()
+    for i in range(c):
+        req = GenerationRequest(f"conc-{i}", prompt=PROMPTS[i % len(PROMPTS)], sampling=params)
+        engine.submit(req, on_output)
+    for _ in range(c):
+        finished.acquire()
+    elapsed = time.perf_counter() - start
+    _check_finished(outputs)
+    produced = sum(len(o.token_ids) for o in outputs)
+    return {
+        "single_tok_s": round(statistics.median(single), 1),
+        "single_tokens": single_tokens,
+        "concurrent_tok_s": round(produced / elapsed, 1),
+        "concurrent_tokens": produced,
+        "ttft_s": round(statistics.median(ttfts), 4),
+    }
 
 
 def rt_side(spec: dict[str, Any]) -> dict[str, Any]:
@@ -66,33 +123,15 @@ def rt_side(spec: dict[str, Any]) -> dict[str, Any]:
     runtime = create_runtime(config, select(discover(), config.plugins), exclude=["frontend"])
     run_startup(runtime)
     engine = runtime.services["engine"]
-    n = spec["max_tokens"]
-    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
-    single, ttfts = [], []
-    for i in range(spec["runs"]):
-        elapsed, ttft = _timed(
-            engine, GenerationRequest(f"single-{i}", prompt=PROMPTS[0], sampling=params)
-        )
-        single.append(n / elapsed)
-        ttfts.append(ttft)
-    c = spec["concurrency"]
-    finished = threading.Semaphore(0)
-    start = time.perf_counter()
-    for i in range(c):
-        req = GenerationRequest(f"conc-{i}", prompt=PROMPTS[i % len(PROMPTS)], sampling=params)
-        engine.submit(req, lambda o: finished.release() if o.finished else None)
-    for _ in range(c):
-        finished.acquire()
-    concurrent = c * n / (time.perf_counter() - start)
+    figures = measure(engine, spec)
+    params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)
     out = generate_blocking(engine, GenerationRequest("check", prompt=PROMPTS[0], sampling=params))
     result = {
         "model_name": runtime.result("model").name,
         "model_path": str(runtime.result("model").path),
         "dtype": str(runtime.result("load-weights").dtype).removeprefix("torch."),
         "quantization": runtime.result("load-weights").quantization,
-        "single_tok_s": round(statistics.median(single), 1),
-        "concurrent_tok_s": round(concurrent, 1),
-        "ttft_s": round(statistics.median(ttfts), 4),
+        **figures,
         "peak_rss_bytes": _peak_rss(),
         "tokens_checked": len(out.token_ids),
     }

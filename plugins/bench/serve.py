@@ -1,9 +1,18 @@
-"""``rt bench serve``: concurrent streaming chat requests against a real ``rt serve``.
+"""``rt bench serve``: chat requests from concurrent clients against a real ``rt serve``.
 
-Starts ``rt serve`` as a child process on a free loopback port, waits for
-``/ready``, fires ``--concurrency`` streaming chat requests at once with httpx,
-and reports end-to-end latency and time to first token (p50/p95), aggregate
-output tokens/s and errors. Then it sends SIGTERM and checks the server exits 0.
+By default it starts ``rt serve`` as a child process on a free loopback port (the same
+plugins, profile, config and ``--set`` overrides as the bench), waits for ``/ready``,
+runs the clients, then sends SIGTERM and checks the server exits 0. ``--url`` points
+it at a server already running instead (``--pid`` names that server's process, for
+its memory).
+
+Without ``--duration`` each of ``--concurrency`` clients sends one request at once.
+With it, each client sends request after request for that long (a closed loop), a
+``--stream-share`` of them streaming and a ``--disconnect-share`` abandoned mid-response
+on purpose (see ``load.py``). It reports requests completed, failed among those that
+stayed, disconnected on purpose, output tokens/s (tokens the server reported for
+completed requests), TTFT and end-to-end percentiles, and the server's RSS sampled
+every second: the mean over the first 30 s after ``--warmup`` against the last 30 s.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,21 +31,46 @@ from typing import Any
 from rt.core import RtError
 from rt.core.cli import add_startup_options
 from rt.core.cli_context import CliContext
+from rt.core.host import cpu_model
+from rt.plugins.bench.load import LoadPlan, Outcome, run_load
+from rt.plugins.bench.rss import RssSampler, summarize
 
-PROMPTS = [
-    "Write a short poem about the sea.",
-    "Explain what a hash table is.",
-    "List three uses of a paperclip.",
-    "Tell me a fun fact about octopuses.",
-]
 READY_TIMEOUT_S = 600.0
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("serve", help="concurrent streaming chat requests against rt serve")
+    p = subparsers.add_parser("serve", help="concurrent chat requests against rt serve")
     p.add_argument("model", nargs="?", default=None, help="model folder or hub id")
-    p.add_argument("--concurrency", type=int, default=32, help="requests in flight at once")
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="clients, each one request at a time"
+    )
     p.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="each client sends request after request for this long (default: one each)",
+    )
+    p.add_argument(
+        "--stream-share", type=float, default=1.0, help="share of requests that stream (0-1)"
+    )
+    p.add_argument(
+        "--disconnect-share",
+        type=float,
+        default=0.0,
+        help="share of requests whose client closes the connection before the end (0-1)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --duration: seconds of load before the first RSS window",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds each client's random choices")
+    p.add_argument("--url", default=None, help="use this running server instead of starting one")
+    p.add_argument("--pid", type=int, default=None, help="with --url: the server's pid, for RSS")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_startup_options(p)
     p.set_defaults(handler=bench_serve)
@@ -50,46 +85,8 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-async def _one(client: Any, url: str, model: str, prompt: str, max_tokens: int) -> dict:
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    start = time.perf_counter()
-    ttft, tokens, error = None, 0, None
-    try:
-        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-            if r.status_code != 200:
-                return {"error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                data = json.loads(line[6:])
-                if "error" in data:
-                    error = data["error"]["message"]
-                elif data.get("usage"):
-                    tokens = data["usage"]["completion_tokens"]
-                elif ttft is None and data["choices"][0]["delta"].get("content"):
-                    ttft = time.perf_counter() - start
-    except Exception as e:  # a benchmark reports failures, it does not stop on them
-        error = f"{type(e).__name__}: {e}"
-    return {"e2e": time.perf_counter() - start, "ttft": ttft, "tokens": tokens, "error": error}
-
-
-async def _fire(url: str, model: str, n: int, max_tokens: int) -> tuple[list[dict], float]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(timeout=600, limits=limits, trust_env=False) as client:
-        start = time.perf_counter()
-        results = await asyncio.gather(
-            *(_one(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(n))
-        )
-        return list(results), time.perf_counter() - start
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _wait_ready(proc: subprocess.Popen, log_path: str) -> str:
@@ -136,58 +133,118 @@ def _server_command(args: argparse.Namespace, cli: CliContext) -> list[str]:
     return cmd
 
 
-def bench_serve(args: argparse.Namespace, cli: CliContext) -> int:
+def _check(args: argparse.Namespace) -> None:
     if args.concurrency < 1 or args.max_tokens < 1:
         raise RtError("bench serve: --concurrency and --max-tokens must be at least 1")
-    log = tempfile.NamedTemporaryFile("w", prefix="rt-bench-serve-", suffix=".log", delete=False)
-    proc = subprocess.Popen(_server_command(args, cli), stdout=subprocess.DEVNULL, stderr=log)
+    for name in ("stream_share", "disconnect_share"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise RtError(f"bench serve: --{name.replace('_', '-')} must be between 0 and 1")
+    if args.duration is not None and args.duration <= 0:
+        raise RtError("bench serve: --duration must be positive")
+    if args.pid is not None and args.url is None:
+        raise RtError("bench serve: --pid names the server of --url; give both, or neither")
+
+
+def bench_serve(args: argparse.Namespace, cli: CliContext) -> int:
+    _check(args)
+    plan = LoadPlan(
+        args.concurrency,
+        args.max_tokens,
+        args.duration,
+        args.stream_share,
+        args.disconnect_share,
+        args.seed,
+    )
+    proc, log, ready_s, code = None, None, None, None
+    if args.url is None:
+        log = tempfile.NamedTemporaryFile(
+            "w", prefix="rt-bench-serve-", suffix=".log", delete=False
+        )
+        proc = subprocess.Popen(_server_command(args, cli), stdout=subprocess.DEVNULL, stderr=log)
     try:
-        launched = time.perf_counter()
-        url = _wait_ready(proc, log.name)
-        ready_s = time.perf_counter() - launched
+        if proc is not None:
+            launched = time.perf_counter()
+            url = _wait_ready(proc, log.name)
+            ready_s = round(time.perf_counter() - launched, 3)
+        else:
+            url = args.url.rstrip("/")
         import httpx
 
         model = httpx.get(url + "/v1/models", trust_env=False).json()["data"][0]["id"]
-        results, wall = asyncio.run(_fire(url, model, args.concurrency, args.max_tokens))
+        pid = proc.pid if proc is not None else args.pid
+        sampler = RssSampler(pid) if pid is not None else None
+        if sampler is not None:
+            with sampler:
+                outcomes, wall = asyncio.run(run_load(url, model, plan))
+        else:
+            outcomes, wall = asyncio.run(run_load(url, model, plan))
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-        log.close()
-    ok = [r for r in results if not r.get("error")]
-    e2e = [r["e2e"] for r in ok]
-    ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
-    tokens = sum(r["tokens"] for r in ok)
-    figures = {
+        if proc is not None:
+            code = _stop(proc)
+            log.close()
+    figures = _figures(args, model, outcomes, wall)
+    figures["ready_s"] = ready_s
+    if sampler is not None:
+        end = args.duration if args.duration is not None else wall
+        warmup = args.warmup if args.duration is not None else 0.0
+        figures.update(summarize(sampler.samples, warmup, end))
+    figures["server_exit_code"] = code
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        _print(figures)
+    if code not in (0, None):
+        print(f"rt bench serve: the server exited with {code}:\n{_tail(log.name)}", file=sys.stderr)
+    return 0 if code in (0, None) and not figures["failed"] else 1
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def _figures(
+    args: argparse.Namespace, model: str, outcomes: list[Outcome], wall: float
+) -> dict[str, Any]:
+    ok = [o for o in outcomes if o.status == "ok"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    e2e = [o.e2e_s for o in ok]
+    ttft = [o.ttft_s for o in ok if o.ttft_s is not None]
+    tokens = sum(o.tokens for o in ok)
+    return {
+        "cpu": cpu_model(),
+        "command": shlex.join(sys.argv),
         "model": model,
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
+        "duration_s": args.duration,
+        "stream_share": args.stream_share,
+        "disconnect_share": args.disconnect_share,
+        "requests": len(outcomes),
         "completed": len(ok),
-        "errors": len(results) - len(ok),
-        "error_messages": sorted({str(r["error"]) for r in results if r.get("error")})[:5],
-        "ready_s": round(ready_s, 3),
+        "completed_streaming": sum(o.stream for o in ok),
+        "failed": len(failed),
+        "disconnected": sum(o.status == "disconnected" for o in outcomes),
+        "error_messages": sorted({str(o.error) for o in failed})[:5],
         "wall_s": round(wall, 3),
         "output_tokens": tokens,
         "output_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "requests_per_s": round(len(ok) / wall, 2) if wall > 0 else None,
         "e2e_p50_s": _round(_percentile(e2e, 0.5)),
         "e2e_p95_s": _round(_percentile(e2e, 0.95)),
         "ttft_p50_s": _round(_percentile(ttft, 0.5)),
         "ttft_p95_s": _round(_percentile(ttft, 0.95)),
-        "server_exit_code": code,
+        "ttft_p99_s": _round(_percentile(ttft, 0.99)),
     }
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        for key, value in figures.items():
-            print(f"{key:20} {value}")
-    if code != 0:
-        print(f"rt bench serve: the server exited with {code}:\n{_tail(log.name)}", file=sys.stderr)
-    return 0 if code == 0 and not figures["errors"] else 1
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+def _print(figures: dict[str, Any]) -> None:
+    for key, value in figures.items():
+        if key.endswith("_bytes") and value is not None:
+            key, value = key.removesuffix("_bytes") + "_mib", round(value / 2**20, 1)
+        print(f"{key:22} {value}")

@@ -1,25 +1,59 @@
-"""``rt bench serve`` against a tiny model: every request completes, the server exits 0."""
+"""``rt bench serve`` against a tiny model: every request that stays completes, clients
+that leave on purpose are counted apart, and the server exits 0."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from rt.plugins.bench.rss import RssSample, summarize
 from rt.plugins.bench.serve import bench_serve, register
+
+
+def _run(argv: list[str], capsys) -> tuple[int, dict]:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve", *argv, "--json"])
+    # What the CLI hands a handler; only the early (config) options are read.
+    early = argparse.Namespace(plugins=["http"], set=[], profile=None, config=None)
+    code = bench_serve(args, argparse.Namespace(early=early))
+    return code, json.loads(capsys.readouterr().out)
 
 
 def test_bench_serve_reports_latency_and_a_clean_exit(http_env, tiny_model, capsys, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", http_env.get("PYTHONPATH", ""))
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(
-        ["serve", str(tiny_model), "--concurrency", "4", "--max-tokens", "8", "--json"]
-    )
-    # What the CLI hands a handler; only the early (config) options are read.
-    early = argparse.Namespace(plugins=["http"], set=[], profile=None, config=None)
-    assert bench_serve(args, argparse.Namespace(early=early)) == 0
-    figures = json.loads(capsys.readouterr().out)
-    assert figures["completed"] == 4 and figures["errors"] == 0
+    code, figures = _run([str(tiny_model), "--concurrency", "4", "--max-tokens", "8"], capsys)
+    assert code == 0
+    assert figures["completed"] == 4 and figures["failed"] == 0
+    assert figures["disconnected"] == 0
     assert figures["server_exit_code"] == 0
     assert figures["output_tokens"] > 0 and figures["output_tokens_per_s"] > 0
     assert 0 < figures["ttft_p50_s"] <= figures["e2e_p95_s"]
+    assert figures["cpu"] and figures["command"]  # what the doc records with each figure
+
+
+def test_duration_mode_with_disconnects_loses_no_request_that_stayed(
+    http_env, tiny_model, capsys, monkeypatch
+):
+    monkeypatch.setenv("PYTHONPATH", http_env.get("PYTHONPATH", ""))
+    argv = [str(tiny_model), "--concurrency", "4", "--max-tokens", "16", "--duration", "5"]
+    argv += ["--stream-share", "0.5", "--disconnect-share", "0.5", "--warmup", "1"]
+    code, figures = _run(argv, capsys)
+    assert figures["failed"] == 0, figures["error_messages"]
+    assert code == 0
+    assert figures["disconnected"] > 0
+    assert figures["completed"] > figures["completed_streaming"] > 0  # both kinds stayed
+    n = figures["completed"] + figures["failed"] + figures["disconnected"]
+    assert figures["requests"] == n
+    assert figures["server_exit_code"] == 0
+    assert figures["rss_samples"] >= 4 and figures["rss_change_pct"] is not None
+
+
+def test_rss_windows_follow_the_warmup_and_end_at_the_deadline():
+    samples = [RssSample(float(t), 100 + (10 if t >= 80 else 0), 2) for t in range(121)]
+    s = summarize(samples, warmup_s=10, end_s=120)
+    assert s["rss_window_s"] == 30
+    assert s["rss_first_mean_bytes"] == 100 and s["rss_last_mean_bytes"] == 110
+    assert s["rss_change_pct"] == 10.0
+    short = summarize(samples[:6], warmup_s=1, end_s=5)
+    assert short["rss_window_s"] == 2.0  # halves of what follows the warm-up
