@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 import attrs
 from rt.core.channel import ControlMessage
 from rt.core.config import Config
-from rt.core.errors import StageFailed
+from rt.core.errors import StageFailed, user_error
 from rt.core.selection import Selection
 from rt.core.step import StepMetadata
 
@@ -108,6 +108,11 @@ def rank_main(
             report = ("error", str(e), "")
         else:
             report = ("error", f"{type(e).__name__}: {e}", traceback.format_exc())
+        # An error the user can fix (a bad checkpoint, say) travels as its class and
+        # message too, so the driver raises the same and the CLI prints one line.
+        user = user_error(e)
+        stage = e.stage if isinstance(e, StageFailed) else None
+        report += ((type(user).__name__, str(user), stage) if user is not None else None,)
         try:
             conn.send(report)
         except OSError:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
+from rt.core import errors
 from rt.core.errors import EngineDead, RtError
 from rt.core.timeline import Span
 from rt.plugins.tp.executor import EngineInfo
@@ -40,6 +41,15 @@ def exit_reason(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+def _rank_user_error(rank: int, name: str, message: str, stage: str | None) -> RtError:
+    """A rank's user-fixable error, raised again in the driver as the same class."""
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, RtError)):
+        cls = RtError
+    where = f"rank {rank}, stage {stage!r}" if stage else f"rank {rank}"
+    return cls(f"{where}: {message}")
+
+
 class WorkerGroup:
     """The worker ranks of a TP group started on this node."""
 
@@ -50,6 +60,8 @@ class WorkerGroup:
         self._conns: dict[int, object] = {}
         self._ready: dict[int, list[Span]] = {}
         self._errors: dict[int, str] = {}
+        self._user_errors: dict[int, RtError] = {}  # errors the user can fix, by rank
+        self._serving = False  # every rank reported ready
         self._cond = threading.Condition()
         self._listeners: list[Callable[[str], None]] = []
         self._stopping = False
@@ -130,6 +142,10 @@ class WorkerGroup:
                 self._errors[rank] = message[1] + (
                     f"\n--- rank {rank} traceback ---\n{tb}" if tb else ""
                 )
+                if len(message) > 3 and message[3] is not None:
+                    user = _rank_user_error(rank, *message[3])
+                    user.add_note(self._errors[rank])  # shown with --debug
+                    self._user_errors[rank] = user
             self._cond.notify_all()
 
     def _on_exit(self, rank: int) -> None:
@@ -137,7 +153,9 @@ class WorkerGroup:
         with self._cond:
             if self._stopping:
                 return
-            detail = self._errors.get(rank)
+            report = self._errors.get(rank)
+            user = self._user_errors.get(rank)
+            detail = str(user) if user is not None else report  # a user error: one line
             summary = f"rank {rank} (pid {proc.pid}) {exit_reason(proc.exitcode)}"
             reason = f"{summary}: {detail}" if detail else summary
             if self.dead is None:
@@ -145,7 +163,10 @@ class WorkerGroup:
                 self.dead_summary = summary
             listeners = list(self._listeners)
             self._cond.notify_all()
-        log.error("%s", reason)
+        # Before every rank is up the failed startup reports the death itself.
+        log.log(logging.ERROR if self._serving else logging.DEBUG, "%s", reason)
+        if user is not None:
+            log.debug("rank %d's report: %s", rank, report)
         for listener in listeners:
             try:
                 listener(reason)
@@ -163,12 +184,15 @@ class WorkerGroup:
             )
             if self._errors:
                 rank, detail = next(iter(sorted(self._errors.items())))
+                if rank in self._user_errors:
+                    raise self._user_errors[rank]
                 raise RtError(f"rank {rank} failed during startup: {detail}")
             if self.dead is not None:
                 raise EngineDead(self.dead)
             if not ok:
                 missing = sorted(set(self.processes) - set(self._ready))
                 raise RtError(f"ranks {missing} did not finish startup within {timeout}s")
+            self._serving = True
             return [s for spans in self._ready.values() for s in spans]
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -84,11 +84,11 @@ def test_rank0_failing_a_stage_fails_startup_naming_rank_stage_and_cause(tiny_ll
         "generate", str(broken), PROMPT, "--max-tokens", "4", "--set", "parallel.rank0=process"
     )
     assert result.returncode == 1
-    error = next(line for line in result.stderr.splitlines() if line.startswith("rt: error:"))
-    assert "rank 0 failed during startup" in error
-    assert "startup stage 'load-weights' failed" in error and "SafetensorError" in error
-    # rank 0's traceback once, the driver's once: not the same trace over and over
-    assert result.stderr.count("--- original traceback ---") <= 2, result.stderr[-3000:]
+    # A bad checkpoint is the user's to fix: one line, also from rank 0's own process.
+    assert result.stderr.startswith("rt: error:"), result.stderr[-3000:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-3000:]
+    assert "rank 0, stage 'load-weights'" in result.stderr
+    assert "model.safetensors is truncated" in result.stderr
 
 
 @pytest.mark.gpu

@@ -85,7 +85,10 @@ def rt_serve(model: Path, env: dict[str, str], log: Path, *args: str) -> Iterato
     cmd = [sys.executable, "-m", "rt", "serve", str(model), "--plugins=http", "--port", "0"]
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [*cmd, *args], stdout=subprocess.DEVNULL, stderr=err, env={**env, "OMP_NUM_THREADS": "1"}
+            [*cmd, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**env, "OMP_NUM_THREADS": "1"},
         )
     try:
         wait_for(lambda: "rt: serving on" in log.read_text() or proc.poll() is not None)

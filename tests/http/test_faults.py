@@ -72,9 +72,7 @@ def test_idle_longer_than_the_collective_timeout_is_harmless(
         assert served.proc.wait(timeout=30) == 0, served.log_text()[-3000:]
 
 
-def test_killed_rank_ends_streams_with_an_error_and_the_server_exits(
-    http_env, tp3_model, tmp_path
-):
+def test_killed_rank_ends_streams_with_an_error_and_the_server_exits(http_env, tp3_model, tmp_path):
     with rt_serve(tp3_model, http_env, tmp_path / "serve.log", "--tp", "3") as served:
         ranks = served.rank_pids()
         assert set(ranks) == {0, 1, 2}
