@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from tests.http.conftest import assert_error_body
-from tests.serving_models import write_servable_model
 from tests.http.serve_process import (
     INTERNALS,
     Stream,
@@ -24,6 +23,7 @@ from tests.http.serve_process import (
     shm_segments_of,
     wait_for,
 )
+from tests.serving_models import write_servable_model
 
 GREEDY = {"prompt": "Hello there", "max_tokens": 8, "temperature": 0}
 LONG = {"prompt": "Hello", "max_tokens": 200, "temperature": 0}
