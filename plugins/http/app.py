@@ -15,7 +15,7 @@ from typing import Any
 
 from rt.core.timeline_export import to_json
 from rt.plugins.http import openai_api as oa
-from rt.plugins.http import startup_page
+from rt.plugins.http import openapi, startup_page
 from rt.plugins.http.errors import ApiError, error_body, error_response
 from rt.plugins.http.generation import respond
 from rt.plugins.http.metrics import CONTENT_TYPE
@@ -30,6 +30,7 @@ log = logging.getLogger("rt.http")
 
 ROUTES = (
     "/health",
+    "/openapi.json",
     "/ready",
     "/metrics",
     "/startup",
@@ -64,6 +65,9 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi.document(api_key=bool(state.config.api_key)))
 
     async def ready(request: Request) -> Response:
         runtime = state.runtime
@@ -144,6 +148,7 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
     app = Starlette(
         routes=[
             Route("/health", health),
+            Route("/openapi.json", openapi_json),
             Route("/ready", ready),
             Route("/metrics", metrics),
             Route("/startup", startup),

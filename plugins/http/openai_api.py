@@ -1,7 +1,9 @@
-"""OpenAI request parsing and validation (the response shapes are in ``responses.py``).
+"""OpenAI request bodies, declared once (the response shapes are in ``responses.py``).
 
-Pure functions over dicts: no Starlette here, so each rule is easy to read next to
-the OpenAI API reference.
+Each body is an attrs class built from ``fields.py`` declarations: the same
+declaration validates a request and becomes its JSON Schema in ``/openapi.json``.
+What a declaration cannot say (a rule across two fields, the context length) is
+code below, next to the OpenAI API reference's wording. No Starlette here.
 """
 
 from __future__ import annotations
@@ -11,11 +13,130 @@ from typing import Any, Literal
 import attrs
 from rt.core.step import SamplingParams
 from rt.plugins.http.errors import ApiError
+from rt.plugins.http.fields import AnyOf, Array, Boolean, Integer, Number, Object, String, field
+from rt.plugins.http.fields import load as _load
 
 Kind = Literal["completion", "chat"]
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # what OpenAI's legacy completions endpoint uses
+# Below this a temperature is greedy: logits divided by it overflow float32 to inf,
+# and a softmax over infinities is NaN (vLLM draws the same line).
+MIN_TEMPERATURE = 1e-5
+
+_TOKEN_IDS = Array(Integer(minimum=0), min_items=1)
+
+
+@attrs.frozen
+class StreamOptions:
+    include_usage: bool = field(
+        Boolean(),
+        "Send a last chunk, with empty choices, that carries the usage.",
+        default=False,
+    )
+
+
+@attrs.frozen
+class CommonBody:
+    """What both generation routes accept."""
+
+    model: str | None = field(String(), "The served model's id (or its source); may be left out.")
+    max_tokens: int | None = field(
+        Integer(minimum=1),
+        "The most tokens to generate. Prompt plus max_tokens must fit in the context "
+        "(max_model_len in /v1/models), else 400 context_length_exceeded.",
+    )
+    temperature: float = field(Number(minimum=0), "Sampling temperature; 0 is greedy.", default=1.0)
+    top_p: float = field(
+        Number(minimum=0, maximum=1, exclusive_minimum=True),
+        "Nucleus sampling: keep the most likely tokens whose mass reaches top_p.",
+        default=1.0,
+        explain="top_p must be in (0, 1], got {value}",
+    )
+    n: int = field(
+        Integer(minimum=1, maximum=1),
+        "How many choices to generate: rt generates one.",
+        default=1,
+        explain="only n=1 is supported, got n={value}",
+    )
+    seed: int | None = field(
+        Integer(minimum=-(2**63), maximum=2**63 - 1),
+        "Makes sampling reproducible: the same seed and parameters give the same tokens.",
+    )
+    stop: str | list[str] | None = field(
+        AnyOf((String(min_length=1), Array(String(min_length=1), max_items=MAX_STOP_SEQUENCES))),
+        "Up to 4 strings that end the text; the one found is not part of it.",
+        explain=f"stop must be a non-empty string or a list of at most {MAX_STOP_SEQUENCES} "
+        "of them, got {value}",
+    )
+    stream: bool = field(Boolean(), "Stream server-sent events.", default=False)
+    stream_options: StreamOptions | None = field(
+        Object(StreamOptions), "Options of a streamed response."
+    )
+
+
+@attrs.frozen
+class CompletionBody(CommonBody):
+    """The body of ``POST /v1/completions``."""
+
+    prompt: Any = field(
+        AnyOf((String(), _TOKEN_IDS, Array(AnyOf((String(), _TOKEN_IDS)), 1, 1))),
+        "A string, a list of token ids, or a list holding one of those.",
+        required=True,
+        explain="prompt must be a string, a list of token ids, or a list holding one of "
+        "those, got {value}",
+    )
+    echo: bool = field(
+        Boolean(only=False),
+        "rt does not echo the prompt.",
+        default=False,
+        explain="echo is not supported, got {value}",
+    )
+    logprobs: int | None = field(
+        Integer(minimum=0, maximum=MAX_TOP_LOGPROBS),
+        "Report each token's logprob and this many most likely alternatives.",
+    )
+
+
+@attrs.frozen
+class TextPart:
+    type: str = field(
+        String(enum=("text",)),
+        "Only text parts.",
+        required=True,
+        explain="{where}: only text parts are supported, got {value}",
+    )
+    text: str = field(String(), "The text.", required=True)
+
+
+@attrs.frozen
+class Message:
+    role: str = field(String(), "system, user, assistant, ...", required=True)
+    content: str | list[TextPart] | None = field(
+        AnyOf((String(), Array(Object(TextPart)))), "Text, or a list of text parts."
+    )
+
+
+@attrs.frozen
+class ChatBody(CommonBody):
+    """The body of ``POST /v1/chat/completions``."""
+
+    messages: list[Message] = field(
+        Array(Object(Message), min_items=1),
+        "The conversation, rendered with the model's chat template.",
+        required=True,
+        explain="messages must be a non-empty list of messages, got {value}",
+    )
+    max_completion_tokens: int | None = field(
+        Integer(minimum=1), "OpenAI's newer name for max_tokens; wins when both are given."
+    )
+    logprobs: bool = field(
+        Boolean(), "Report each token's logprob (choices[].logprobs.content).", default=False
+    )
+    top_logprobs: int | None = field(
+        Integer(minimum=0, maximum=MAX_TOP_LOGPROBS),
+        "With logprobs: true, this many most likely alternatives per token.",
+    )
 
 
 @attrs.frozen
@@ -32,180 +153,91 @@ class ParsedRequest:
     prompt_token_ids: tuple[int, ...] | None = None
     messages: tuple[dict, ...] = ()
     logprobs: int | None = None  # None: not asked for; else how many alternatives
+    max_tokens_param: str = "max_tokens"  # the field that set max_tokens, for errors
 
 
-def _number(body: dict, key: str, default: float | None, lo: float | None = None) -> float | None:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(422, f"{key} must be a number, got {value!r}", param=key)
-    if lo is not None and value < lo:
-        raise ApiError(422, f"{key} must be >= {lo}, got {value!r}", param=key)
-    return value
-
-
-def _int(body: dict, key: str, lo: int, hi: int | None = None) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(422, f"{key} must be an integer, got {value!r}", param=key)
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise ApiError(422, f"{key} must be {bound}, got {value!r}", param=key)
-    return value
-
-
-def _stop(body: dict) -> tuple[str, ...]:
-    stop = body.get("stop")
-    if stop is None:
-        return ()
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise ApiError(422, "stop must be a non-empty string or a list of them", param="stop")
-    if len(stop) > MAX_STOP_SEQUENCES:
-        raise ApiError(
-            422, f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stop)}", param="stop"
-        )
-    return tuple(stop)
-
-
-def _common(body: dict, kind: Kind) -> dict[str, Any]:
-    n = _int(body, "n", 1)
-    if n not in (None, 1):
-        raise ApiError(422, f"only n=1 is supported, got n={n}", param="n")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(422, f"model must be a string, got {model!r}", param="model")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise ApiError(422, f"stream must be true or false, got {stream!r}", param="stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise ApiError(422, "stream_options must be an object", param="stream_options")
-    max_tokens = _int(body, "max_tokens", 0)
-    if kind == "chat" and body.get("max_completion_tokens") is not None:
-        max_tokens = _int(body, "max_completion_tokens", 0)
-    temperature = _number(body, "temperature", 1.0, lo=0.0)
-    top_p = _number(body, "top_p", 1.0)
-    if not 0.0 < top_p <= 1.0:
-        raise ApiError(422, f"top_p must be in (0, 1], got {top_p!r}", param="top_p")
-    seed = _int(body, "seed", -(2**63))
-    return {
-        "model": model,
-        "stream": bool(stream),
-        "include_usage": bool(options.get("include_usage", False)),
-        "max_tokens": max_tokens,
-        "temperature": float(temperature),
-        "top_p": float(top_p),
-        "seed": seed,
-        "stop": _stop(body),
-    }
-
-
-def _sampling(c: dict[str, Any], logprobs: int | None) -> SamplingParams:
-    return SamplingParams(
-        temperature=c["temperature"],
-        top_p=c["top_p"],
-        seed=c["seed"],
-        max_tokens=max(c["max_tokens"] or 1, 1),
-        stop=c["stop"],
+def _parsed(body: CommonBody, kind: Kind, logprobs: int | None, **rest: Any) -> ParsedRequest:
+    temperature = body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0
+    sampling = SamplingParams(
+        temperature=temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        max_tokens=1,
+        stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
         want_logprobs=logprobs is not None,
         logprobs=logprobs or 0,
     )
+    options = body.stream_options
+    return ParsedRequest(
+        kind=kind,
+        model=body.model,
+        stream=body.stream,
+        include_usage=options is not None and options.include_usage,
+        max_tokens=body.max_tokens,
+        sampling=sampling,
+        logprobs=logprobs,
+        **rest,
+    )
 
 
-def parse_completion(body: dict) -> ParsedRequest:
-    c = _common(body, "completion")
-    prompt = body.get("prompt")
+def parse_completion(data: dict) -> ParsedRequest:
+    body: CompletionBody = _load(CompletionBody, data)
+    prompt = body.prompt
     # OpenAI accepts a batch of prompts; with n=1 only, a batch must hold one.
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+    if isinstance(prompt, list) and isinstance(prompt[0], str | list):
         prompt = prompt[0]
-    text, ids = None, None
     if isinstance(prompt, str):
-        text = prompt
-    elif isinstance(prompt, list) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in prompt
-    ):
-        ids = tuple(prompt)
-    else:
-        raise ApiError(
-            422,
-            "prompt must be a string, a list of token ids, or a list holding one of those",
-            param="prompt",
-        )
-    if body.get("echo"):
-        raise ApiError(422, "echo is not supported", param="echo")
-    logprobs = _int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
-    return ParsedRequest(
-        kind="completion",
-        model=c["model"],
-        stream=c["stream"],
-        include_usage=c["include_usage"],
-        max_tokens=c["max_tokens"],
-        sampling=_sampling(c, logprobs),
-        prompt=text,
-        prompt_token_ids=ids,
-        logprobs=logprobs,
-    )
+        return _parsed(body, "completion", body.logprobs, prompt=prompt)
+    return _parsed(body, "completion", body.logprobs, prompt_token_ids=tuple(prompt))
 
 
-def _message_text(content: Any, index: int) -> str:
-    if isinstance(content, str):
-        return content
+def _text(content: str | list[TextPart] | None) -> str:
     if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                raise ApiError(
-                    422,
-                    f"messages[{index}].content: only text parts are supported",
-                    param="messages",
-                )
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    if content is None:
-        return ""
-    raise ApiError(422, f"messages[{index}].content must be a string", param="messages")
+        return "".join(part.text for part in content)
+    return content or ""
 
 
-def parse_chat(body: dict) -> ParsedRequest:
-    c = _common(body, "chat")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(422, "messages must be a non-empty list", param="messages")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ApiError(422, f"messages[{i}] must be an object with a role", param="messages")
-        clean.append({"role": m["role"], "content": _message_text(m.get("content"), i)})
-    want = body.get("logprobs", False)
-    if not isinstance(want, bool) and want is not None:
-        raise ApiError(422, "logprobs must be true or false", param="logprobs")
-    top = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
-    if top is not None and not want:
+def parse_chat(data: dict) -> ParsedRequest:
+    body: ChatBody = _load(ChatBody, data)
+    if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(422, "top_logprobs needs logprobs: true", param="top_logprobs")
-    logprobs = (top or 0) if want else None
-    return ParsedRequest(
-        kind="chat",
-        model=c["model"],
-        stream=c["stream"],
-        include_usage=c["include_usage"],
-        max_tokens=c["max_tokens"],
-        sampling=_sampling(c, logprobs),
-        messages=tuple(clean),
-        logprobs=logprobs,
-    )
+    messages = tuple({"role": m.role, "content": _text(m.content)} for m in body.messages)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    if body.max_completion_tokens is not None:
+        body = attrs.evolve(body, max_tokens=body.max_completion_tokens)
+        return _parsed(
+            body, "chat", logprobs, messages=messages, max_tokens_param="max_completion_tokens"
+        )
+    return _parsed(body, "chat", logprobs, messages=messages)
 
 
 def resolve_max_tokens(parsed: ParsedRequest, prompt_len: int, max_model_len: int) -> int:
-    """The requested budget capped to what fits in the context; chat defaults to
-    the whole remaining context, completions to 16 (as OpenAI does)."""
-    room = max(max_model_len - prompt_len, 0)
-    if parsed.max_tokens is None:
-        wanted = DEFAULT_COMPLETION_MAX_TOKENS if parsed.kind == "completion" else room
-    else:
-        wanted = parsed.max_tokens
-    return min(wanted, room) if room else wanted
+    """How many tokens to generate. Left out, chat takes the rest of the context and
+    completions 16 (as OpenAI does), capped to the rest; asked for, it must fit, or
+    the error says so in OpenAI's words."""
+    room = max_model_len - prompt_len
+    what = "messages" if parsed.kind == "chat" else "prompt"
+    if prompt_len == 0:
+        raise ApiError(422, f"the {what} is empty (0 tokens); send at least one token", param=what)
+    if room < 1:
+        raise ApiError(
+            422,
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"{what} resulted in {prompt_len} tokens, which leaves no room for the completion. "
+            f"Please reduce the length of the {what}.",
+            param=what,
+            code="context_length_exceeded",
+        )
+    wanted = parsed.max_tokens
+    if wanted is None:
+        return room if parsed.kind == "chat" else min(DEFAULT_COMPLETION_MAX_TOKENS, room)
+    if wanted > room:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_len + wanted} tokens ({prompt_len} in the {what}, {wanted} in "
+            f"the completion). Please reduce the length of the {what} or completion.",
+            param=parsed.max_tokens_param,
+            code="context_length_exceeded",
+        )
+    return wanted

@@ -182,3 +182,87 @@ def test_body_over_the_limit_is_413(server):
         yield body[1000:]
 
     assert_error_body(httpx.post(server + "/v1/completions", content=chunks()), 413)
+
+
+# -- hostile values and the context length ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'{"prompt": "hi", "temperature": NaN}', "temperature"),
+        (b'{"prompt": "hi", "top_p": Infinity}', "top_p"),
+        (b'{"prompt": "hi", "temperature": 1e400}', "temperature"),
+        (b'{"prompt": "hi", "temperature": ' + b"9" * 400 + b"}", "temperature"),
+        (b'{"prompt": "hi", "seed": ' + b"9" * 400 + b"}", "seed"),
+        (b'{"prompt": "hi", "n": 100000000000000000000}', "n"),
+        (b'{"prompt": "hi", "logprobs": 21}', "logprobs"),
+        (b'{"prompt": "hi", "max_tokens": "5"}', "max_tokens"),
+        (b'{"prompt": "hi", "max_tokens": 2.5}', "max_tokens"),
+        (b'{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}', "stop"),
+        (b'{"prompt": "hi", "stop": [""]}', "stop"),
+        (b'{"prompt": "hi", "stream_options": {"include_usage": "yes"}}', "stream_options"),
+        (b'{"prompt": [[[[[[{"a": [1, {"b": null}]}]]]]]]}', "prompt"),
+        (b'{"prompt": [1, -5]}', "prompt"),
+        (b'{"prompt": ""}', "prompt"),
+        (b'{"prompt": "hi", "echo": true}', "echo"),
+    ],
+)
+def test_hostile_values_are_422_with_an_openai_body(server, raw, param):
+    r = httpx.post(server + "/v1/completions", content=raw)
+    error = assert_error_body(r, 422)
+    assert error["param"] == param and "\n" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+        {"messages": [{"content": "no role"}]},
+        {"messages": "hi"},
+        {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+        {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": -1},
+    ],
+)
+def test_bad_chat_bodies_are_422(server, body):
+    assert_error_body(httpx.post(server + "/v1/chat/completions", json=body), 422)
+
+
+def test_integral_floats_and_unicode_are_accepted(client, model):
+    out = client.completions.create(
+        model=model, prompt="café こんにちは 🦊", max_tokens=2.0, seed=7.0, temperature=0
+    )
+    assert out.usage.completion_tokens <= 2
+
+
+def test_max_tokens_past_the_context_is_400_context_length_exceeded(client, model, server):
+    max_model_len = client.models.list().data[0].model_extra["max_model_len"]
+    body = {"prompt": PROMPT, "max_tokens": max_model_len}
+    error = assert_error_body(
+        httpx.post(server + "/v1/completions", json=body), 400, "context_length_exceeded"
+    )
+    assert error["param"] == "max_tokens"
+    assert error["message"].startswith(f"This model's maximum context length is {max_model_len}")
+    assert f"{max_model_len} in the completion" in error["message"]
+    chat = {"messages": MESSAGES, "max_completion_tokens": 10**30}
+    r = httpx.post(server + "/v1/chat/completions", json=chat)
+    assert assert_error_body(r, 400, "context_length_exceeded")["param"] == "max_completion_tokens"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=max_model_len)
+
+
+def test_a_prompt_that_fills_the_context_is_context_length_exceeded(server):
+    r = httpx.post(
+        server + "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hello world " * 200}]},
+    )
+    error = assert_error_body(r, 422, "context_length_exceeded")
+    assert error["param"] == "messages" and "leaves no room" in error["message"]
+
+
+def test_max_tokens_left_out_fills_the_rest_of_the_context(client, model):
+    max_model_len = client.models.list().data[0].model_extra["max_model_len"]
+    chat = client.chat.completions.create(model=model, messages=MESSAGES, temperature=0)
+    assert chat.usage.total_tokens <= max_model_len
+    if chat.choices[0].finish_reason == "length":
+        assert chat.usage.total_tokens == max_model_len
