@@ -15,6 +15,7 @@ from .ranks import run_ranks
 from .tiny_models import (
     CHECKPOINTS,
     BlockTables,
+    assert_same_picks,
     full_logits,
     greedy_decode,
     load_reference,
@@ -97,4 +98,6 @@ def test_tp2_int4_matches_tp1_int4(tp2):
     expected = full_logits(single, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
     for rank in ranks:
         torch.testing.assert_close(rank[INT4]["logits"], expected, atol=0.04, rtol=0.02)
-        assert torch.equal(rank[INT4]["logits"].argmax(-1), expected.argmax(-1))
+        # up to 0.03 apart here, so greedy picks agree where the best leads by over 0.06;
+        # three positions are closer than that (0.026-0.03)
+        assert_same_picks(rank[INT4]["logits"], expected, 0.06)
