@@ -1,7 +1,8 @@
 """The Starlette app: routes, the API-key and body-size checks, error bodies.
 
-``/health``, ``/ready``, ``/metrics`` and ``/startup`` are operational endpoints
-and stay open; the OpenAI routes under ``/v1`` need the API key when one is set.
+``/health``, ``/ready``, ``/metrics``, ``/startup`` and ``/openapi.json`` are
+operational endpoints and stay open; the OpenAI routes under ``/v1`` need the API key
+when one is set. Every response carries an ``x-request-id`` (``request_id.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from rt.plugins.http import openapi, startup_page
 from rt.plugins.http.errors import ApiError, error_body, error_response
 from rt.plugins.http.generation import respond
 from rt.plugins.http.metrics import CONTENT_TYPE
-from rt.plugins.http.state import ServerState, startup_failure
+from rt.plugins.http.public import public_data
+from rt.plugins.http.request_id import RequestIds, request_id
+from rt.plugins.http.state import ServerState, engine_death, startup_failure
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -53,8 +56,10 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             raise too_big
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, a 4300+-digit integer
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return data
@@ -74,6 +79,9 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
         if runtime.failed is not None:
             body = {"status": "failed", "error": startup_failure(runtime.failed)}
             return JSONResponse(body, status_code=503)
+        dead = engine_death(runtime)
+        if dead is not None:
+            return JSONResponse({"status": "dead", "error": dead}, status_code=503)
         if state.draining:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         if not runtime.ready.is_set() or runtime.services.get("engine") is None:
@@ -91,7 +99,7 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
     async def startup(request: Request) -> Response:
         if request.query_params.get("format") == "html":
             return HTMLResponse(startup_page.render(state.runtime))
-        data = to_json(state.runtime.timeline)
+        data = public_data(to_json(state.runtime.timeline))
         data["ready"] = state.runtime.ready.is_set()
         data["stage_state"] = dict(state.runtime.stage_state)
         return JSONResponse(data)
@@ -136,7 +144,8 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
         )
 
     async def on_crash(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        rid = request_id(request.scope)
+        log.error("request %s: %s %s failed", rid, request.method, request.url.path, exc_info=exc)
         body = error_body(500, "internal server error; the server log has the details")
         return JSONResponse(body, status_code=500)
 
@@ -163,7 +172,7 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
         },
         lifespan=lifespan,
     )
-    return _CountRequests(app, state)
+    return _CountRequests(RequestIds(app), state)
 
 
 class _CountRequests:

@@ -6,12 +6,9 @@ details of an exception go to the server's log, under the request's ``x-request-
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-# An absolute file path of two or more parts (/home/u/models/x.safetensors,
-# /usr/lib/python3/site-packages/...): what a server must not tell its clients.
-_FILE_PATH = re.compile(r"(?<![\w/.:])(?:/[\w.+@~-]+){2,}/?")
+from rt.plugins.http.public import one_line
 
 # The ``type`` OpenAI uses for each status we return.
 _TYPES = {
@@ -44,19 +41,6 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
-
-
-def one_line(message: str) -> str:
-    """The first non-empty line of ``message``: never a traceback that follows it."""
-    return next((line.strip() for line in message.splitlines() if line.strip()), "")
-
-
-def public_message(text: str) -> str:
-    """``text`` (an exception's message, say) fit for a client: one line, with every
-    absolute file path cut to its last part (``.../model.safetensors``)."""
-    return _FILE_PATH.sub(
-        lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], one_line(text)
-    )
 
 
 def error_body(

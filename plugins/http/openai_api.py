@@ -221,7 +221,7 @@ def resolve_max_tokens(parsed: ParsedRequest, prompt_len: int, max_model_len: in
         raise ApiError(422, f"the {what} is empty (0 tokens); send at least one token", param=what)
     if room < 1:
         raise ApiError(
-            422,
+            400,
             f"This model's maximum context length is {max_model_len} tokens. However, your "
             f"{what} resulted in {prompt_len} tokens, which leaves no room for the completion. "
             f"Please reduce the length of the {what}.",

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from rt.core.timeline import Span
+from rt.plugins.http.public import public_message, redact_paths
 
 _LABEL_W = 300
 _CHART_W = 680
@@ -74,7 +75,7 @@ def _tooltip(span: Span, t0: float, now: float) -> str:
     if span.reason:
         parts.append(span.reason)
     parts += [f"{k}={v}" for k, v in span.notes.items()]
-    return "\n".join(parts)
+    return redact_paths("\n".join(parts))
 
 
 def _status(runtime: Any, now: float, t0: float) -> tuple[str, str]:
@@ -82,7 +83,7 @@ def _status(runtime: Any, now: float, t0: float) -> tuple[str, str]:
         cause = getattr(runtime.failed, "cause", runtime.failed)
         stage = getattr(runtime.failed, "stage", None)
         where = f" in stage {stage}" if stage else ""
-        return "failed", f"startup failed{where}: {type(cause).__name__}: {cause}"
+        return "failed", public_message(f"startup failed{where}: {type(cause).__name__}: {cause}")
     if runtime.ready.is_set():
         return "ready", "ready"
     running = sorted(n for n, v in runtime.stage_state.items() if v == "running")

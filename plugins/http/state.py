@@ -17,8 +17,9 @@ from typing import Any
 
 from rt.core.config import ServerConfig
 from rt.core.engine import Engine, GenerationOutput
-from rt.plugins.http.errors import ApiError, not_ready, public_message
+from rt.plugins.http.errors import ApiError, not_ready
 from rt.plugins.http.metrics import ServerMetrics
+from rt.plugins.http.public import public_message
 
 log = logging.getLogger("rt.http")
 

@@ -120,8 +120,13 @@ def test_dead_engine_kept_up_answers_503_and_says_why(http_env, tiny_model, tmp_
         error = assert_error_body(response, 503, "engine_dead")
         assert "rank 1" in error["message"] and "SIGKILL" in error["message"]
         assert response.headers["x-request-id"]
-        for body in (response.text, httpx.get(served.url + "/ready").text):
+        bodies = [response.text] + [
+            httpx.get(served.url + path).text
+            for path in ("/ready", "/startup", "/startup?format=html", "/v1/nothing")
+        ]
+        for body in bodies:
             assert not INTERNALS.search(body), body
+            assert str(tiny_model) not in body, "no server file path reaches a client"
         time.sleep(1.0)
         assert served.proc.poll() is None, "it stays up for inspection"
         os.kill(served.proc.pid, signal.SIGTERM)
