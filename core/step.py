@@ -38,11 +38,15 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float) ->
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+GREEDY_BELOW = 1e-5  # as vLLM: a temperature this small samples the argmax anyway
+
+
 @attrs.frozen
 class SamplingParams:
     """How to pick the next token of one sequence.
 
-    ``temperature == 0`` means greedy. ``top_k == 0`` means no top-k cut.
+    ``temperature`` below ``GREEDY_BELOW`` (0 included) means greedy: dividing logits
+    by a smaller one overflows float32. ``top_k == 0`` means no top-k cut.
     ``seed`` makes sampling reproducible per request: the n-th output token of a
     request is drawn from a generator seeded with ``(seed, n)``, so preemption and
     recomputation do not change the result. ``logprobs`` is how many top
@@ -73,7 +77,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
 @attrs.frozen

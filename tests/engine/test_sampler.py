@@ -185,3 +185,11 @@ def test_cuda_matches_the_contract() -> None:
     a = sampler.sample(logits, seeded, [3] * 32).token_ids
     b = sampler.sample(logits.flip(0), seeded[::-1], [3] * 32).token_ids
     assert a == b[::-1]
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    # Dividing by 1e-30 would overflow float32 to inf and give NaN probabilities.
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, -1.0, 0.5]])
+    params = [SamplingParams(temperature=1e-30, seed=1), SamplingParams(temperature=9e-6)]
+    out = Sampler().sample(logits, params, num_generated=[0, 0])
+    assert out.token_ids == [1, 0]
