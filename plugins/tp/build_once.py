@@ -2,8 +2,10 @@
 prepared weights).
 
 ``final`` is trusted only when it holds the ``.complete`` marker, written after every
-other file is fsynced and before the rename into place; a build killed half way leaves
-only a temp dir that the next builder removes.
+other file is fsynced and before the rename into place; a build killed half way (or
+stopped by a full disk) leaves only a temp dir that the next builder removes. The marker
+lists each file's size, so a file truncated later (a copied cache, a disk error) makes the
+folder incomplete again instead of being mapped.
 """
 
 from __future__ import annotations
@@ -26,24 +28,26 @@ def build_once(final: Path, build: Callable[[Path], None]) -> Path:
     after every other file is fsynced and before the rename. Temp dirs of killed
     builds are removed by the next builder (under the lock, any temp dir is stale).
     """
-    if (final / MARKER).is_file():
+    if is_complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(final.parent / f".{final.name}.lock"):
-        if (final / MARKER).is_file():
+        if is_complete(final):
             return final
         for stale in final.parent.glob(f".{final.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # a folder without a marker was not made by us: never trust it
+        if final.exists():  # no marker, or files that changed since: never trust it
             shutil.rmtree(final)
         tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             build(tmp)
             files = sorted(p.name for p in tmp.iterdir())
-            (tmp / MARKER).write_text(json.dumps({"files": files}))
-            for name in [*files, MARKER]:
+            for name in files:
                 _fsync(tmp / name)
+            sizes = {name: (tmp / name).stat().st_size for name in files}
+            (tmp / MARKER).write_text(json.dumps({"files": files, "sizes": sizes}))
+            _fsync(tmp / MARKER)
             _fsync(tmp)
             os.rename(tmp, final)
             _fsync(final.parent)
@@ -51,6 +55,23 @@ def build_once(final: Path, build: Callable[[Path], None]) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return final
+
+
+def is_complete(folder: Path) -> bool:
+    """``folder`` was finished by :func:`build_once` and its files still have the sizes
+    they were built with (one ``stat`` a file: this runs on every start)."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        # markers written before sizes were recorded list only the names
+        sizes = marker.get("sizes") or {name: None for name in marker["files"]}
+        return all(
+            (folder / name).stat().st_size == size
+            if size is not None
+            else (folder / name).is_file()
+            for name, size in sizes.items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 @contextlib.contextmanager

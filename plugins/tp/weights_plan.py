@@ -17,7 +17,7 @@ from rt.core.entry_points import distribution_version
 from rt.core.errors import ModelError
 from rt.core.host import cpu_model
 from rt.core.paths import rt_cache_dir
-from rt.plugins.tp.build_once import MARKER
+from rt.plugins.tp.build_once import is_complete
 from rt.plugins.tp.layout_probe import known_parts, torch_version
 
 # Bump when the prepared layout changes (prepared_weights.py, layers/cpu_layout.py, int4.py).
@@ -106,8 +106,9 @@ def prepared_dir(
 
 
 def prepared_file(folder: Path) -> Path | None:
-    """The weights file when the folder is complete, else None."""
-    return folder / PREPARED_FILE if (folder / MARKER).is_file() else None
+    """The weights file when the folder is complete (marker present, sizes unchanged),
+    else None."""
+    return folder / PREPARED_FILE if is_complete(folder) else None
 
 
 def weight_files(

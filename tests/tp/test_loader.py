@@ -3,7 +3,11 @@ that name the culprit tensor."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,8 @@ from rt.plugins.tp.layers.cpu_layout import logical
 from rt.plugins.tp.layers.linear import QKVParallelLinear, RowParallelLinear
 from rt.plugins.tp.model_runner import ModelRunner
 from rt.plugins.tp.parallel import ParallelContext
+from rt.plugins.tp.prepared_weights import tensor_bytes
+from rt.plugins.tp.safetensors_format import read_header, write_file
 from safetensors.torch import load_file, save_file
 
 from .tiny_models import write_checkpoint
@@ -147,3 +153,81 @@ def test_folder_without_weights_or_config_is_an_error(qwen2_dir, tmp_path):
     shutil.copy(qwen2_dir / "config.json", tmp_path / "config.json")
     with pytest.raises(ModelError, match=r"no \*.safetensors weights"):
         load(tmp_path)
+
+
+def _raw_safetensors(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def _damaged(qwen2_dir, tmp_path, damage) -> Path:
+    """A copy of the checkpoint whose model.safetensors went through ``damage(bytes)``."""
+    shutil.copytree(qwen2_dir, tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    path.write_bytes(damage(path.read_bytes()))
+    return path
+
+
+def test_truncated_checkpoint_names_the_file_the_tensor_and_both_sizes(qwen2_dir, tmp_path):
+    path = _damaged(qwen2_dir, tmp_path, lambda raw: raw[:-100])
+    size = path.stat().st_size
+    with pytest.raises(ModelError) as e:
+        load(tmp_path / "m")
+    message = str(e.value)
+    assert message.startswith(f"{path} is truncated: the header says tensor '")
+    assert f"ends at byte {size + 100} but the file has {size} bytes" in message
+    assert message.endswith("; re-download or re-convert it") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda raw: raw[:8] + b"{garbage" + raw[16:], "the header is not JSON"),
+        (lambda raw: struct.pack("<Q", 1 << 40) + raw[8:], "its header length field says"),
+        (lambda raw: raw[:5], "is truncated: it has 5 bytes, fewer than the 8-byte"),
+        (lambda raw: raw[:8] + raw[8:100], "is truncated: the header says it is"),
+        (lambda raw: raw + b"\0" * 8, "has 8 bytes after the last tensor's data"),
+    ],
+    ids=["not-json", "huge-length", "no-length", "short-header", "trailing-bytes"],
+)
+def test_damaged_checkpoint_is_a_model_error_naming_the_file(qwen2_dir, tmp_path, damage, what):
+    path = _damaged(qwen2_dir, tmp_path, damage)
+    with pytest.raises(ModelError, match=re.escape(what)) as e:
+        load(tmp_path / "m")
+    assert str(e.value).startswith(str(path))
+
+
+@pytest.mark.parametrize(
+    ("entry", "what"),
+    [
+        ({"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}, "unknown dtype 'Q4'"),
+        ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, "needs 12 bytes but"),
+        ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, "not a list of sizes"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}, "not [begin, end]"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}, "leaves a gap before it"),
+    ],
+)
+def test_header_entries_are_checked_against_their_spans(tmp_path, entry, what):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(_raw_safetensors({"w": entry}, b"\0" * 16))
+    with pytest.raises(ModelError, match=re.escape(what)):
+        read_header(path)
+
+
+def test_written_file_reads_back_with_safetensors_and_passes_the_checks(tmp_path):
+    tensors = {
+        "a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
+        "c": torch.arange(5, dtype=torch.uint8),
+        "d": torch.arange(3, dtype=torch.int64),
+    }
+    path = tmp_path / "w.safetensors"
+    write_file(path, {k: tensor_bytes(v) for k, v in tensors.items()}, {"format": "pt"})
+    header = read_header(path)
+    assert header.metadata == {"format": "pt"}
+    for name, t in header.tensors.items():  # each tensor aligned to its element size
+        assert (header.data_start + t.begin) % tensors[name].element_size() == 0
+    back = load_file(path)
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert torch.equal(back[k], v), k

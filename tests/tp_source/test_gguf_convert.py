@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from rt.plugins.tp import gguf_convert
-from rt.plugins.tp.build_once import MARKER, build_once
+from rt.core.errors import ModelError
+from rt.plugins.tp import cache_fallback, gguf_convert
+from rt.plugins.tp.build_once import MARKER, build_once, is_complete
+from rt.plugins.tp.cache_fallback import build_with_fallback
 from rt.plugins.tp.gguf_convert import ensure_default_model
 from rt.plugins.tp.tokenizer import Tokenizer
 
@@ -171,3 +175,71 @@ def test_build_once_concurrent_processes_build_once(tmp_path: Path) -> None:
     assert outputs == [str(final)] * 3
     assert log.read_text() == "built\n"
     assert (final / "w.bin").read_bytes() == b"x" * 1000
+
+
+def test_a_file_that_changed_size_after_the_build_makes_the_folder_incomplete(
+    tmp_path: Path,
+) -> None:
+    final = build_once(tmp_path / "m", _write_files)
+    assert is_complete(final)
+    marker = json.loads((final / MARKER).read_text())
+    assert marker["sizes"] == {"a.txt": 1, "b.txt": 1}
+    (final / "a.txt").write_text("")  # truncated later: a copied cache, a disk error
+    assert not is_complete(final)
+    assert build_once(final, _write_files) == final  # rebuilt, not trusted
+    assert is_complete(final) and (final / "a.txt").read_text() == "a"
+
+    # a marker from before sizes were recorded lists only the names: still trusted
+    (final / MARKER).write_text(json.dumps({"files": ["a.txt", "b.txt"]}))
+    assert is_complete(final)
+    (final / MARKER).write_text("{half")
+    assert not is_complete(final)
+
+
+def _not_writable(out: Path) -> None:
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(out))
+
+
+def test_a_cache_that_cannot_take_the_folder_falls_back_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, spare = tmp_path / "cache" / "models" / "m", tmp_path / "tmp"
+    built: list[Path] = []
+
+    def build(out: Path) -> None:
+        if tmp_path / "cache" in out.parents:  # writing into the cache fails
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+        built.append(out)
+        _write_files(out)
+
+    folder = build_with_fallback(cache, build, "the test model", fallback=spare)
+    assert folder == spare / "models" / "m" and is_complete(folder) and len(built) == 1
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(
+        f"rt: warning: cannot write the test model to {cache.parent} (No space left on device); "
+        f"using {folder.parent} instead"
+    )
+    assert not list(cache.parent.glob(".m.tmp-*")), "the half-built folder was removed"
+
+    # Reused, with no build attempt, while the cache still cannot take it.
+    caplog.clear()
+    monkeypatch.setattr(cache_fallback, "_has_room", lambda folder, need: False)
+    assert build_with_fallback(cache, _not_writable, "the test model", fallback=spare) == folder
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "(not writable, or too little room); using" in warning
+
+    # Once the cache can take it again, it is built there.
+    monkeypatch.undo()
+    assert build_with_fallback(cache, _write_files, "the test model", fallback=spare) == cache
+    assert is_complete(cache)
+
+
+def test_when_neither_folder_can_take_it_the_error_names_both(tmp_path: Path) -> None:
+    cache, spare = tmp_path / "cache" / "models" / "m", tmp_path / "tmp"
+    with pytest.raises(ModelError) as e:
+        build_with_fallback(cache, _not_writable, "the test model", fallback=spare)
+    assert str(e.value) == (
+        f"cannot write the test model to {cache.parent} (Read-only file system) nor to "
+        f"{spare / 'models'} (Read-only file system); set RT_CACHE_DIR to a writable folder "
+        "with room for it"
+    )
