@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import openai
@@ -18,6 +17,7 @@ from rt.core import hookimpl
 
 from tests.conftest import write_distribution
 from tests.http.conftest import assert_error_body, base_url, make_runtime, start_in_background
+from tests.http.serve_process import alive, descendants, wait_for
 
 
 class GatedWarmup:
@@ -33,19 +33,12 @@ class GatedWarmup:
         assert self.gate.wait(60), "the test never opened the gate"
 
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_health_before_ready_and_api_503_until_ready(http_env, tiny_model):
     gated = GatedWarmup()
     runtime = make_runtime(tiny_model, extra_plugins=(("gated-warmup", gated),))
     thread = start_in_background(runtime)
     try:
-        _wait_for(lambda: "frontend" in runtime.results or runtime.failed is not None)
+        wait_for(lambda: "frontend" in runtime.results or runtime.failed is not None)
         url = base_url(runtime)
         assert httpx.get(url + "/health").status_code == 200
         assert gated.entered.wait(60)
@@ -64,7 +57,7 @@ def test_health_before_ready_and_api_503_until_ready(http_env, tiny_model):
         assert httpx.get(url + "/startup").json()["ready"] is False
 
         gated.gate.set()
-        _wait_for(lambda: httpx.get(url + "/ready").status_code == 200)
+        wait_for(lambda: httpx.get(url + "/ready").status_code == 200)
         out = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
         assert out.status_code == 200, out.text
     finally:
@@ -100,32 +93,6 @@ def _all_but_frontend() -> tuple[str, ...]:
     return tuple(s.name for s in discover().stages if s.name != "frontend")
 
 
-def _children(pid: int) -> set[int]:
-    """Every descendant of ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.add(child)
-            todo.append(child)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.parametrize("rank0", ["driver", "process"])
 def test_sigterm_drains_and_exits_0_leaving_no_process(http_env, tiny_model, tmp_path, rank0):
     log = tmp_path / "serve.log"
@@ -135,11 +102,11 @@ def test_sigterm_drains_and_exits_0_leaving_no_process(http_env, tiny_model, tmp
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
-        _wait_for(lambda: "rt: serving on" in log.read_text() or proc.poll() is not None)
+        wait_for(lambda: "rt: serving on" in log.read_text() or proc.poll() is not None)
         assert proc.poll() is None, log.read_text()
         url = log.read_text().split("rt: serving on ", 1)[1].split()[0]
-        _wait_for(lambda: httpx.get(url + "/ready").status_code == 200 or proc.poll() is not None)
-        children = _children(proc.pid)
+        wait_for(lambda: httpx.get(url + "/ready").status_code == 200 or proc.poll() is not None)
+        children = descendants(proc.pid)
         assert children, "TP=2 runs a worker rank in a child process"
         # A request in flight when the signal arrives still completes.
         result: dict[str, httpx.Response] = {}
@@ -159,7 +126,7 @@ def test_sigterm_drains_and_exits_0_leaving_no_process(http_env, tiny_model, tmp
         assert result["r"].status_code == 200
         assert result["r"].text.rstrip().endswith("data: [DONE]")
         assert '"error"' not in result["r"].text, "it finished within the grace period"
-        _wait_for(lambda: not any(_alive(p) for p in children), timeout=10)
+        wait_for(lambda: not any(alive(p) for p in children), timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -183,12 +150,12 @@ def test_sigterm_during_startup_aborts_it_and_cleans_up(http_env, tiny_model, tm
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
-        _wait_for(lambda: "slow warmup started" in log.read_text() or proc.poll() is not None)
+        wait_for(lambda: "slow warmup started" in log.read_text() or proc.poll() is not None)
         assert proc.poll() is None, log.read_text()
-        children = _children(proc.pid)
+        children = descendants(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 130, log.read_text()[-3000:]
-        _wait_for(lambda: not any(_alive(p) for p in children), timeout=10)
+        wait_for(lambda: not any(alive(p) for p in children), timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,16 +10,15 @@ derandomized and keeps no database, so a CI run sends the same cases every time.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+
+from tests.http.serve_process import rt_serve
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
@@ -47,38 +46,16 @@ CHECKS = [
 # (an unknown model is 404, a long prompt plus max_tokens is 400).
 
 
-def _wait_for(predicate, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def live_server(http_env: dict[str, str], tiny_model: Path, tmp_path_factory) -> Iterator[str]:
     """``rt serve`` in its own process, on a free port; yields its base URL."""
     log = tmp_path_factory.mktemp("schemathesis") / "serve.log"
-    cmd = [sys.executable, "-m", "rt", "serve", str(tiny_model), "--plugins=http"]
-    cmd += ["--port", "0", "--max-model-len", str(MAX_MODEL_LEN)]
-    env = {**http_env, "OMP_NUM_THREADS": "1"}
-    with log.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-    try:
-        _wait_for(lambda: "rt: serving on" in log.read_text() or proc.poll() is not None)
-        assert proc.poll() is None, log.read_text()
-        url = log.read_text().split("rt: serving on ", 1)[1].split()[0]
-        _wait_for(lambda: httpx.get(url + "/ready").status_code == 200 or proc.poll() is not None)
-        assert proc.poll() is None, log.read_text()
-        yield url
-        assert "Traceback" not in log.read_text(), log.read_text()[-5000:]
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    args = ("--max-model-len", str(MAX_MODEL_LEN))
+    with rt_serve(tiny_model, http_env, log, *args) as served:
+        yield served.url
+        assert "Traceback" not in served.log_text(), served.log_text()[-5000:]
+        served.proc.send_signal(signal.SIGTERM)
+        served.proc.wait(timeout=30)
 
 
 def _openai_error(response) -> str | None:
