@@ -103,6 +103,7 @@ def summarize(
     window = min(window_s, (end_s - warmup_s) / 2)
     out: dict[str, object] = {
         "rss_samples": len(samples),
+        "rss_curve_mib": curve(samples),
         "rss_peak_bytes": max((s.rss_bytes for s in samples), default=None),
         "rss_processes": max((s.processes for s in samples), default=None),
         "rss_window_s": round(window, 1) if window > 0 else None,
@@ -120,3 +121,10 @@ def summarize(
         out["rss_last_mean_bytes"] = round(b)
         out["rss_change_pct"] = round((b - a) / a * 100, 2) if a else None
     return out
+
+
+def curve(samples: list[RssSample], points: int = 24) -> list[tuple[float, float]]:
+    """At most ``points`` evenly spaced (seconds, MiB) samples: the shape of the run, to
+    tell a level that settles from one that keeps climbing."""
+    step = max(1, -(-len(samples) // points))  # ceiling division
+    return [(s.t_s, round(s.rss_bytes / 2**20, 1)) for s in samples[::step]]

@@ -245,6 +245,8 @@ def _figures(
 
 def _print(figures: dict[str, Any]) -> None:
     for key, value in figures.items():
-        if key.endswith("_bytes") and value is not None:
+        if key == "rss_curve_mib":
+            value = " ".join(f"{t:.0f}s:{mib:.0f}" for t, mib in value)
+        elif key.endswith("_bytes") and value is not None:
             key, value = key.removesuffix("_bytes") + "_mib", round(value / 2**20, 1)
         print(f"{key:22} {value}")

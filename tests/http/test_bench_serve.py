@@ -47,6 +47,7 @@ def test_duration_mode_with_disconnects_loses_no_request_that_stayed(
     assert figures["requests"] == n
     assert figures["server_exit_code"] == 0
     assert figures["rss_samples"] >= 4 and figures["rss_change_pct"] is not None
+    assert 0 < len(figures["rss_curve_mib"]) <= figures["rss_samples"]
 
 
 def test_rss_windows_follow_the_warmup_and_end_at_the_deadline():
