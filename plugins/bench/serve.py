@@ -247,6 +247,7 @@ def _print(figures: dict[str, Any]) -> None:
     for key, value in figures.items():
         if key == "rss_curve_mib":
             value = " ".join(f"{t:.0f}s:{mib:.0f}" for t, mib in value)
-        elif key.endswith("_bytes") and value is not None:
-            key, value = key.removesuffix("_bytes") + "_mib", round(value / 2**20, 1)
+        elif key.endswith("_bytes"):
+            key = key.removesuffix("_bytes") + "_mib"
+            value = None if value is None else round(value / 2**20, 1)
         print(f"{key:22} {value}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from rt.plugins.bench.rss import RssSample, summarize
 from rt.plugins.bench.serve import bench_serve, register
@@ -48,6 +49,15 @@ def test_duration_mode_with_disconnects_loses_no_request_that_stayed(
     assert figures["server_exit_code"] == 0
     assert figures["rss_samples"] >= 4 and figures["rss_change_pct"] is not None
     assert 0 < len(figures["rss_curve_mib"]) <= figures["rss_samples"]
+
+
+def test_a_running_server_is_used_as_it_is(server, capsys):
+    # The module's server runs in this process: its pid is ours, and nobody stops it.
+    argv = ["--url", server, "--pid", str(os.getpid()), "--concurrency", "2", "--max-tokens", "4"]
+    code, figures = _run(argv + ["--stream-share", "0"], capsys)
+    assert code == 0 and figures["completed"] == 2 and figures["completed_streaming"] == 0
+    assert figures["server_exit_code"] is None and figures["ready_s"] is None
+    assert figures["rss_peak_bytes"] > 0
 
 
 def test_rss_windows_follow_the_warmup_and_end_at_the_deadline():
