@@ -3,6 +3,7 @@ listening socket (no torch). The page cache has its own module, ``pagecache.py``
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -25,6 +26,21 @@ def cpu_model() -> str:
     except OSError:
         pass
     return os.uname().machine
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16). Without it
+    (AVX2 only) a bfloat16 GEMM is emulated and runs several times slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def listening_socket(host: str, port: int = 0) -> socket.socket:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rt.core.entry_points import distribution_version
 from rt.core.errors import ModelError
-from rt.core.host import cpu_model
+from rt.core.host import cpu_model, native_bf16
 from rt.core.paths import rt_cache_dir
 from rt.plugins.tp.build_once import is_complete
 from rt.plugins.tp.layout_probe import known_parts, torch_version
@@ -99,8 +99,11 @@ def prepared_dir(
     }
     if quantization != "none":
         # torch packs int4 weights in the layout its kernel for this CPU's instruction
-        # set reads: another torch build or another CPU (a shared cache) packs anew
-        ident.update(quantization=quantization, torch=torch_version(), cpu=cpu_model())
+        # set reads: another torch build or another CPU (a shared cache)
+        # packs anew; int4 layers keep a bfloat16 copy only where bfloat16 is native
+        ident.update(
+            quantization=quantization, torch=torch_version(), cpu=cpu_model(), bf16=native_bf16()
+        )
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return rt_cache_dir() / "prepared" / f"{model_dir.name}-{key}" / f"rank{rank}-of-{world_size}"
 

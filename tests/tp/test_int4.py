@@ -11,12 +11,15 @@ import pytest
 import torch
 from rt.core.errors import ModelError
 from rt.core.step import SamplingParams, SeqStep, StepMetadata
+from rt.plugins.tp import weights_plan
+from rt.plugins.tp.layers import int4
 from rt.plugins.tp.layers.int4 import (
     GROUP_SIZE,
     INT4_MAX_TOKENS,
     _groups,
     dequantize,
     int4_linear,
+    keeps_dense_copy,
     quantize,
     supports,
 )
@@ -87,11 +90,22 @@ def test_longer_steps_multiply_by_the_dense_bfloat16_copy():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(96, 64, generator=g)
     x = torch.randn(INT4_MAX_TOKENS + 1, 64, generator=g)
-    packed, scale_zero, dense = quantize(w)
+    packed, scale_zero, dense = quantize(w, dense_copy=True)
     assert dense.dtype == torch.bfloat16 and torch.equal(dense, dequantize(w).bfloat16())
     y = int4_linear(x, packed.zero_(), scale_zero, dense, GROUP_SIZE, None)  # packed unused
     expected = x.bfloat16().float() @ dequantize(w).t()
     torch.testing.assert_close(y, expected, atol=0.05, rtol=0.01)
+
+
+def test_without_native_bfloat16_every_step_runs_the_int4_kernel():
+    # An AVX2-only CPU emulates bfloat16 GEMMs (slower than the int4 kernel): no copy.
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(96, 64, generator=g)
+    x = torch.randn(4 * INT4_MAX_TOKENS, 64, generator=g)
+    packed, scale_zero, dense = quantize(w, dense_copy=False)
+    assert dense.numel() == 0
+    y = int4_linear(x, packed, scale_zero, dense, GROUP_SIZE, None)
+    torch.testing.assert_close(y, x.bfloat16().float() @ dequantize(w).t(), atol=0.05, rtol=0.01)
 
 
 def test_supports_names_the_kernel_constraints():
@@ -137,10 +151,13 @@ def test_int4_model_matches_transformers_on_the_dequantized_weights(tiny):
     assert runner.describe_quantization() == f"int4 ({len(packed)} of {len(packed)} linear layers)"
     dense, _ = _runner(path, quantization="none")
     assert runner.param_bytes() < dense.param_bytes()
-    for m in packed:  # 4-bit codes, their scales and the bfloat16 copy: 2.625 bytes a weight
-        n, k = m.weight_dense.shape
+    # 4-bit codes and their scales: 0.625 bytes a weight; the bfloat16 copy, where the
+    # CPU has native bfloat16, 2 more
+    per_weight = 2.625 if keeps_dense_copy() else 0.625
+    for m in packed:
+        n, k = m.weight.shape[0], 2 * m.weight.shape[1]
         held = sum(p.numel() * p.element_size() for p in m.parameters())
-        assert held == n * k * 2.625
+        assert held == n * k * per_weight
 
     prompt = random_prompt(13, runner.model_config.vocab_size, seed=3)
     ours = full_logits(runner, prompt, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
@@ -191,7 +208,12 @@ def _logits_with(runner, module, name, tensor, prompt):
         setattr(module, name, held)
 
 
-def test_prepared_int4_weights_map_back_unchanged(tiny, rt_cache):
+@pytest.mark.parametrize("dense_copy", [True, False], ids=["bf16-copy", "no-copy"])
+def test_prepared_int4_weights_map_back_unchanged(tiny, rt_cache, monkeypatch, dense_copy):
+    # Both kinds of machine, whichever this one is: the layers and the prepared key
+    # (another folder for each) follow rt.core.host.native_bf16.
+    monkeypatch.setattr(int4, "native_bf16", lambda: dense_copy)
+    monkeypatch.setattr(weights_plan, "native_bf16", lambda: dense_copy)
     path, _ = tiny
     first, source = _runner(path, use_prepared=True)
     assert source == "checkpoint"
@@ -212,7 +234,7 @@ def test_prepared_int4_weights_map_back_unchanged(tiny, rt_cache):
         assert torch.equal(_bits(m), _bits(t)), name
 
     # Computed from them, logits agree within LOGITS_ATOL, not bitwise. 9 tokens use
-    # the bfloat16 copies, INT4_MAX_TOKENS the int4 kernel (packed codes, scale/zero).
+    # the bfloat16 copies (if kept), INT4_MAX_TOKENS the int4 kernel (codes, scale/zero).
     vocab = first.model_config.vocab_size
     long, short = random_prompt(9, vocab, seed=4), random_prompt(INT4_MAX_TOKENS, vocab, seed=6)
     blocks = BlockTables(NUM_BLOCKS, BLOCK_SIZE)
@@ -230,15 +252,17 @@ def test_prepared_int4_weights_map_back_unchanged(tiny, rt_cache):
         wrong = [
             ("weight_scale_zero", module.weight_scale_zero * bf16_step, short),
             ("weight", module.weight.roll(1, 0), short),
-            ("weight_dense", module.weight_dense.t().reshape(module.weight_dense.shape), long),
         ]
+        if dense_copy:
+            copy = module.weight_dense
+            wrong.append(("weight_dense", copy.t().reshape(copy.shape), long))
         for name, tensor, prompt in wrong:
             with pytest.raises(AssertionError):
                 check(_logits_with(second, module, name, tensor, prompt), prompt)
 
     # the dense entry is a different one: switching quantization off never maps int4
-    dense, source = _runner(path, quantization="none", use_prepared=True)
-    assert source == "checkpoint" and dense.quantization == "none"
+    dense, _ = _runner(path, quantization="none", use_prepared=True)
+    assert dense.describe_quantization() == "none" and dense.int4_layers == 0
 
 
 def test_layers_the_kernel_cannot_pack_stay_dense(tmp_path):
