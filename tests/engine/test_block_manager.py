@@ -82,3 +82,17 @@ def test_freed_blocks_are_reused() -> None:
         assert sorted(seq.block_table) == [0, 1]
         bm.deallocate(seq)
     assert bm.num_free_blocks == 2
+
+
+def test_blocks_freed_last_are_handed_out_first():
+    # A server's memory stays at the most blocks in use at once: freed (written, so
+    # resident) blocks are reused before untouched ones.
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a, b = Sequence(0, list(range(8))), Sequence(1, list(range(4)))
+    bm.allocate(a)
+    bm.allocate(b)
+    assert a.block_table == [0, 1] and b.block_table == [2]
+    for _ in range(5):
+        bm.deallocate(a)
+        bm.allocate(a)
+        assert a.block_table == [0, 1]  # never 3..7: they stay untouched

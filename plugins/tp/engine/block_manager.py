@@ -4,11 +4,14 @@ The cache is ``num_blocks`` blocks of ``block_size`` token slots; token ``i`` of
 sequence lives in block ``seq.block_table[i // block_size]`` at offset
 ``i % block_size``. Blocks are never shared (no prefix caching), so a block is
 either free or owned by exactly one sequence.
+
+The free list is a stack: the blocks freed last are handed out first. The cache is
+allocated untouched, so its pages cost memory only once written; reusing warm blocks
+keeps a server's memory at the most blocks it ever held at once instead of growing
+until churn has written every block (~0.5 GiB over minutes for the default model).
 """
 
 from __future__ import annotations
-
-from collections import deque
 
 from rt.plugins.tp.engine.sequence import Sequence
 
@@ -30,7 +33,7 @@ class BlockManager:
         assert num_blocks > 0 and block_size > 0, (num_blocks, block_size)
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self._free: deque[int] = deque(range(num_blocks))
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() gives 0 first
 
     @property
     def num_free_blocks(self) -> int:
@@ -53,7 +56,7 @@ class BlockManager:
         assert not seq.block_table, f"sequence {seq.seq_id} already holds blocks"
         need = seq.num_blocks(self.block_size)
         assert need <= len(self._free), (need, len(self._free))
-        seq.block_table = [self._free.popleft() for _ in range(need)]
+        seq.block_table = [self._free.pop() for _ in range(need)]
 
     def can_append(self, seq: Sequence) -> bool:
         """Whether ``seq`` can grow to cover its current length (one block at most)."""
@@ -63,11 +66,11 @@ class BlockManager:
         """Add a block when ``seq``'s newest token crossed into a block it lacks."""
         missing = self._missing(seq)
         assert missing <= len(self._free), (missing, len(self._free))
-        seq.block_table.extend(self._free.popleft() for _ in range(missing))
+        seq.block_table.extend(self._free.pop() for _ in range(missing))
 
     def deallocate(self, seq: Sequence) -> None:
         """Free every block of ``seq``; its KV is gone, so nothing of it is cached."""
-        self._free.extend(seq.block_table)
+        self._free.extend(reversed(seq.block_table))  # its first block is handed out next
         seq.block_table = []
         seq.num_cached_tokens = 0
 
