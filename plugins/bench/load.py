@@ -53,6 +53,17 @@ class Outcome:
     ttft_s: float | None = None  # streams only: time to the first content
     tokens: int = 0  # completion tokens the server reported (requests that stayed)
     error: str | None = None
+    client: int = 0
+
+
+def first_round_end_s(outcomes: list[Outcome]) -> float:
+    """When every client's first request had ended (since the load began): until then
+    the server is still filling up to the full concurrency."""
+    first: dict[int, tuple[float, float]] = {}  # client -> its first request's start, end
+    for o in outcomes:
+        if o.client not in first or o.start_s < first[o.client][0]:
+            first[o.client] = (o.start_s, o.start_s + o.e2e_s)
+    return max((end for _, end in first.values()), default=0.0)
 
 
 def _body(model: str, prompt: str, max_tokens: int, stream: bool) -> dict[str, Any]:
@@ -152,11 +163,9 @@ async def _client(
 ) -> list[Outcome]:
     rng = random.Random(plan.seed * 100_003 + index)  # each client's choices repeat per seed
     out = [await one_request(client, url, model, plan, rng, began)]
-    if plan.duration_s is None:
-        return out
-    while time.perf_counter() - began < plan.duration_s:
+    while plan.duration_s is not None and time.perf_counter() - began < plan.duration_s:
         out.append(await one_request(client, url, model, plan, rng, began))
-    return out
+    return [attrs.evolve(o, client=index) for o in out]
 
 
 async def run_load(url: str, model: str, plan: LoadPlan) -> tuple[list[Outcome], float]:

@@ -106,6 +106,7 @@ def summarize(
         "rss_curve_mib": curve(samples),
         "rss_peak_bytes": max((s.rss_bytes for s in samples), default=None),
         "rss_processes": max((s.processes for s in samples), default=None),
+        "rss_warmup_s": round(warmup_s, 1),
         "rss_window_s": round(window, 1) if window > 0 else None,
         "rss_first_mean_bytes": None,
         "rss_last_mean_bytes": None,

@@ -12,7 +12,9 @@ With it, each client sends request after request for that long (a closed loop), 
 on purpose (see ``load.py``). It reports requests completed, failed among those that
 stayed, disconnected on purpose, output tokens/s (tokens the server reported for
 completed requests), TTFT and end-to-end percentiles, and the server's RSS sampled
-every second: the mean over the first 30 s after ``--warmup`` against the last 30 s.
+every second: the mean over the first 30 s after warm-up against the last 30 s. Warm-up
+is ``--warmup`` seconds, or longer: until every client's first request ended, when the
+server first holds the full concurrency.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from rt.core import RtError
 from rt.core.cli import add_startup_options
 from rt.core.cli_context import CliContext
 from rt.core.host import cpu_model
-from rt.plugins.bench.load import LoadPlan, Outcome, run_load
+from rt.plugins.bench.load import LoadPlan, Outcome, first_round_end_s, run_load
 from rt.plugins.bench.rss import RssSampler, summarize
 
 READY_TIMEOUT_S = 600.0
@@ -66,7 +68,8 @@ def register(subparsers: Any) -> None:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="with --duration: seconds of load before the first RSS window",
+        help="with --duration: seconds of load before the first RSS window, at least "
+        "until every client's first request ended",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds each client's random choices")
     p.add_argument("--url", default=None, help="use this running server instead of starting one")
@@ -186,7 +189,9 @@ def bench_serve(args: argparse.Namespace, cli: CliContext) -> int:
     figures["ready_s"] = ready_s
     if sampler is not None:
         end = args.duration if args.duration is not None else wall
-        warmup = args.warmup if args.duration is not None else 0.0
+        # Warm-up lasts at least until every client's first request ended: before that
+        # the server is still filling up to the full concurrency (and its KV cache).
+        warmup = max(args.warmup, first_round_end_s(outcomes)) if args.duration else 0.0
         figures.update(summarize(sampler.samples, warmup, end))
     figures["server_exit_code"] = code
     if args.json:

@@ -68,3 +68,16 @@ def test_rss_windows_follow_the_warmup_and_end_at_the_deadline():
     assert s["rss_change_pct"] == 10.0
     short = summarize(samples[:6], warmup_s=1, end_s=5)
     assert short["rss_window_s"] == 2.0  # halves of what follows the warm-up
+
+
+def test_warm_up_lasts_until_every_client_finished_its_first_request():
+    from rt.plugins.bench.load import Outcome, first_round_end_s
+
+    outcomes = [
+        Outcome("ok", True, start_s=0.0, e2e_s=30.0, client=0),
+        Outcome("ok", True, start_s=30.0, e2e_s=5.0, client=0),
+        Outcome("disconnected", False, start_s=0.1, e2e_s=0.2, client=1),
+        Outcome("ok", False, start_s=0.3, e2e_s=40.0, client=1),
+    ]
+    assert first_round_end_s(outcomes) == 30.0
+    assert first_round_end_s([]) == 0.0
