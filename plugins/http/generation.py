@@ -51,7 +51,9 @@ async def _submit(state: ServerState, parsed: oa.ParsedRequest) -> RequestStream
     except (TypeError, ValueError) as e:
         raise ApiError(422, str(e)) from None
     request_id = rs.new_id(parsed.kind)
-    stream = RequestStream(engine, request_id, asyncio.get_running_loop())
+    stream = RequestStream(
+        engine, request_id, asyncio.get_running_loop(), state.metrics.ttft.observe
+    )
     request = GenerationRequest(request_id, prompt_token_ids=tuple(ids), sampling=sampling)
     try:
         engine.submit(request, stream.callback)

@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from rt.core.config import ServerConfig
@@ -46,8 +46,15 @@ def engine_death(runtime: Any) -> str | None:
 class RequestStream:
     """One generation request's outputs, delivered on the event loop."""
 
-    def __init__(self, engine: Engine, request_id: str, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        engine: Engine,
+        request_id: str,
+        loop: asyncio.AbstractEventLoop,
+        on_first_token: Callable[[float], None] | None = None,
+    ):
         self.engine = engine
+        self._on_first_token = on_first_token  # called with the time to first token
         self.request_id = request_id
         self.loop = loop
         self.arrival = time.perf_counter()
@@ -67,6 +74,8 @@ class RequestStream:
             output = await self._queue.get()
             if output.token_ids and self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
+                if self._on_first_token is not None:  # now, not when the request ends
+                    self._on_first_token(self.first_token_at - self.arrival)
             if output.finished:
                 self.finished = True
             yield output
@@ -150,7 +159,5 @@ class ServerState:
             return
         now = time.perf_counter()
         m.e2e.observe(now - stream.arrival)
-        if stream.first_token_at is not None:
-            m.ttft.observe(stream.first_token_at - stream.arrival)
         m.prompt_tokens.inc(output.prompt_tokens)
         m.completion_tokens.inc(output.completion_tokens)

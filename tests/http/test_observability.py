@@ -81,6 +81,9 @@ def test_client_disconnecting_mid_stream_frees_its_sequence(server):
                     got.append(line)
                 if len(got) == 2:
                     break
+            # the time to first token is counted when it comes, not when the request ends
+            ttft = "rt_time_to_first_token_seconds_count"
+            assert value(scrape(server), ttft) == value(before, ttft) + 1
     # Leaving the block closed the connection with the request still generating.
     deadline = time.monotonic() + 10
     while True:
