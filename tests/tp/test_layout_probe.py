@@ -79,7 +79,9 @@ def test_the_plan_expects_the_checkpoint_until_the_layout_is_known(two_threads, 
         folder = prepared_dir(model_dir, 0, 1, "float32", "cpu", parts)
         folder.mkdir(parents=True)
         (folder / PREPARED_FILE).write_bytes(b"")
-        (folder / MARKER).touch()
+        (folder / MARKER).write_text(
+            json.dumps({"files": [PREPARED_FILE], "sizes": {PREPARED_FILE: 0}})
+        )
     assert weight_files(model_dir, 0, 1, "float32", "cpu", True) == checkpoint_files(model_dir)
     parts = choose(1, "cpu").parts
     expected = prepared_dir(model_dir, 0, 1, "float32", "cpu", parts) / PREPARED_FILE
