@@ -136,8 +136,22 @@ def _errors(*statuses: str) -> dict[str, Any]:
 
 def _generation(summary: str, body: str, response: str, secured: bool) -> dict[str, Any]:
     ok = _json({"$ref": f"#/components/schemas/{response}"}, "The whole response.")
+    # A text/event-stream schema describes each event (data, event, id, retry).
     ok["content"]["text/event-stream"] = {
-        "schema": {"type": "string", "description": "With stream: true, data: {chunk} events."}
+        "schema": {
+            "type": "object",
+            "description": (
+                "With stream: true, one event per chunk: data is the chunk as JSON (or an "
+                "OpenAI error body if the engine failed the request), then data: [DONE]."
+            ),
+            "properties": {
+                "data": {"type": "string"},
+                "event": {"type": "string"},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+            },
+            "required": ["data"],
+        }
     }
     statuses = (
         ("400", "401", "404", "413", "422", "503")
