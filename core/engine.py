@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 from rt.core.step import SamplingParams
@@ -105,6 +105,13 @@ class Engine(Protocol):
     def stats(self) -> EngineStats: ...
 
     def shutdown(self) -> None: ...
+
+
+def engine_death(runtime: Any) -> str | None:
+    """Why the engine published on ``runtime`` died (one line), or None while it serves
+    or before there is one."""
+    engine = runtime.services.get("engine") if runtime.ready.is_set() else None
+    return getattr(engine, "dead_reason", None)
 
 
 def generate_blocking(

@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+from rt.core.engine import engine_death
 from rt.core.timeline_export import to_json
 from rt.plugins.http import openai_api as oa
 from rt.plugins.http import openapi, startup_page
@@ -22,7 +23,7 @@ from rt.plugins.http.generation import respond
 from rt.plugins.http.metrics import CONTENT_TYPE
 from rt.plugins.http.public import public_data
 from rt.plugins.http.request_id import RequestIds, request_id
-from rt.plugins.http.state import ServerState, engine_death, startup_failure
+from rt.plugins.http.state import ServerState, startup_failure
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request

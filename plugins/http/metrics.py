@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from rt.core.engine import engine_death
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -26,7 +27,7 @@ class _RuntimeCollector:
     def collect(self) -> Iterator[Metric]:
         ready = GaugeMetricFamily("rt_ready", "1 once startup finished and the engine serves")
         engine = self.runtime.services.get("engine") if self.runtime.ready.is_set() else None
-        dead = getattr(engine, "dead_reason", None) is not None
+        dead = engine_death(self.runtime) is not None
         ready.add_metric([], 1.0 if engine is not None and not dead else 0.0)
         yield ready
         deaths = CounterMetricFamily(

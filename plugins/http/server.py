@@ -26,9 +26,10 @@ import time
 from typing import Any
 
 from rt.core.config import ServerConfig
+from rt.core.engine import engine_death
 from rt.core.errors import ConfigError, RtError
 from rt.plugins.http.app import build_app
-from rt.plugins.http.state import ServerState, engine_death
+from rt.plugins.http.state import ServerState
 
 log = logging.getLogger("rt.http")
 STARTUP_TIMEOUT_S = 30.0

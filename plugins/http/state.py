@@ -37,12 +37,6 @@ def startup_failure(error: BaseException) -> str:
     return public_message(str(error))
 
 
-def engine_death(runtime: Any) -> str | None:
-    """Why the published engine died (one line), or None while it serves."""
-    engine = runtime.services.get("engine") if runtime.ready.is_set() else None
-    return getattr(engine, "dead_reason", None)
-
-
 class RequestStream:
     """One generation request's outputs, delivered on the event loop."""
 
