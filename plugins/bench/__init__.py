@@ -1,4 +1,5 @@
-"""Built-in plugin ``bench``: ``rt bench generate``, ``rt bench startup``, ``rt bench broadcast``, ``rt bench serve``.
+"""Built-in plugin ``bench``: ``rt bench generate``, ``rt bench startup``, ``rt bench broadcast``,
+``rt bench serve``, ``rt bench compile-cache``.
 
 Each benchmark runs the systems it compares in separate child processes of one
 invocation, so figures are measured side by side on the same machine and each
@@ -14,9 +15,10 @@ from rt.core import hookimpl
 
 @hookimpl
 def rt_register_benchmarks(subparsers: Any) -> None:
-    from rt.plugins.bench import broadcast, generate, serve, startup
+    from rt.plugins.bench import broadcast, compile_cache, generate, serve, startup
 
     generate.register(subparsers)
     startup.register(subparsers)
     broadcast.register(subparsers)
     serve.register(subparsers)
+    compile_cache.register(subparsers)
