@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from rt.core.compile import compile_state
 from rt.core.engine import engine_death
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -44,6 +45,13 @@ class _RuntimeCollector:
             if span.duration is not None:
                 stages.add_metric([span.stage, str(span.rank), span.outcome], span.duration)
         yield stages
+        compiled, seconds = compile_state(self.runtime.timeline)
+        g = GaugeMetricFamily("rt_compiled", "1 once the ranks run the compiled step, else 0")
+        g.add_metric([], 1.0 if compiled else 0.0)
+        yield g
+        g = GaugeMetricFamily("rt_compile_seconds", "Seconds compiling the step took (rank 0)")
+        g.add_metric([], seconds)
+        yield g
         if engine is None or dead:
             return
         try:

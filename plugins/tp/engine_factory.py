@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rt.core.timeline import Span
 from rt.plugins.tp.engine.block_manager import BlockManager
 from rt.plugins.tp.engine.scheduler import Scheduler
 from rt.plugins.tp.executor import EngineInfo, LocalExecutor, RemoteExecutor, StepExecutor
@@ -61,4 +62,5 @@ def build_engine(config: Any, runtime: Any) -> LLMEngine:
         model_name=runtime.result("model").name,
         # Four heartbeats per timeout: an idle rank's wait restarts long before it expires.
         heartbeat_s=config.parallel.collective_timeout_s / 4 if others_wait else None,
+        on_events=lambda events: runtime.timeline.add([Span.from_dict(e) for e in events]),
     )

@@ -53,6 +53,10 @@ class StepExecutor(Protocol):
         """Run ``step`` on every rank; the sampled token ids and their logprobs, one per
         sequence that samples this step, in step order."""
 
+    def drain_events(self) -> list[dict]:
+        """Timeline spans (``Span.to_dict()``) rank 0 recorded since the last call: a
+        background compile and the switch to the compiled step."""
+
     def heartbeat(self) -> None:
         """Tell the ranks the driver is alive but idle: their wait for the next step
         starts again, so no timeout fires however long the server is idle."""
@@ -85,6 +89,9 @@ class LocalExecutor:
         result = self.sampler.sample(logits, params, num_generated)
         return result.token_ids, result.logprobs
 
+    def drain_events(self) -> list[dict]:
+        return self.runner.compiled.drain_events()
+
     def heartbeat(self) -> None:
         if self.channel is not None:
             self.channel.send(HEARTBEAT)
@@ -102,6 +109,7 @@ class RemoteExecutor:
     def __init__(self, conn: Connection, info: EngineInfo) -> None:
         self.conn = conn
         self.vocab_size = info.vocab_size
+        self.events: list[dict] = []
 
     def bind_thread(self) -> None:
         pass  # the model's threads live in rank 0's process
@@ -111,7 +119,12 @@ class RemoteExecutor:
         reply = self.conn.recv()  # EOFError when rank 0 is gone
         if reply[0] == "error":
             raise RuntimeError(f"rank 0: {reply[1]}")
+        self.events.extend(reply[3])
         return reply[1], reply[2]
+
+    def drain_events(self) -> list[dict]:
+        events, self.events = self.events, []
+        return events
 
     def heartbeat(self) -> None:
         self.conn.send(HEARTBEAT)  # rank 0 passes it on; no reply
@@ -135,7 +148,7 @@ def serve_driver(conn: Connection, executor: LocalExecutor) -> None:
             except Exception as e:
                 conn.send(("error", f"{type(e).__name__}: {e}"))
                 raise
-            conn.send(("ok", tokens, logprobs))
+            conn.send(("ok", tokens, logprobs, executor.drain_events()))
         elif isinstance(message, ControlMessage) and message.kind == "heartbeat":
             executor.heartbeat()
         elif isinstance(message, ControlMessage) and message.kind == "shutdown":

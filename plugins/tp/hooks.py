@@ -275,6 +275,7 @@ def rt_load_weights(config: Any, runtime: Any) -> Any:
         _dtype(config, runtime.services["device"]),
         block_size=config.cache.block_size,
         quantization=config.model.quantization,
+        compile_sizes=config.compile.batch_sizes,
     )
     note("from", runner.load_weights(use_prepared=config.model.prepared_cache))
     note("quantization", runner.describe_quantization())

@@ -64,6 +64,7 @@ class LLMEngine:
         model_name: str,
         on_step: Callable[[], None] | None = None,
         heartbeat_s: float | None = None,
+        on_events: Callable[[list[dict]], None] | None = None,
     ):
         self.executor = executor
         self.scheduler = scheduler
@@ -71,6 +72,8 @@ class LLMEngine:
         self.model_name = model_name
         self.max_model_len = scheduler.max_model_len
         self._on_step = on_step
+        # Timeline spans the ranks report while serving (a background compile's switch)
+        self._on_events = on_events
         self._heartbeat_s = heartbeat_s  # None: no other rank waits on us
         self._lock = threading.Condition()
         self._active: dict[int, _Active] = {}
@@ -209,6 +212,9 @@ class LLMEngine:
                     continue
                 tokens, logprobs = self.executor.execute(step)
                 last_sent = time.monotonic()
+                events = self.executor.drain_events()
+                if events and self._on_events is not None:
+                    self._on_events(events)
                 with self._lock:
                     outcome = self.scheduler.postprocess(step, tokens, logprobs)
                     deliveries = self._collect(outcome.advanced, set(map(id, outcome.finished)))

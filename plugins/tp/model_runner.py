@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from rt.core.compile import StepFunction
 from rt.core.errors import ModelError
 from rt.core.step import StepMetadata
+from rt.plugins.tp.compiled_step import CompiledSteps, padded
 from rt.plugins.tp.cores import run_with_threads, threads_per_rank
 from rt.plugins.tp.kv_cache import KVCacheSpec
 from rt.plugins.tp.layers.attention import Attention
 from rt.plugins.tp.layers.attention_metadata import as_long, build_attention_metadata
+from rt.plugins.tp.layers.compiled_ops import step_context
 from rt.plugins.tp.layers.cpu_layout import apply_decode_layout
 from rt.plugins.tp.layers.int4 import count_linear_layers, int4_shell, quantize_model
 from rt.plugins.tp.layout_probe import LayoutChoice, choose
@@ -43,6 +48,7 @@ class ModelRunner:
         device: torch.device | str | None = None,
         block_size: int = 16,
         quantization: str = "none",
+        compile_sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
     ) -> None:
         self.model_dir = Path(model_dir)
         self.ctx = ctx
@@ -62,6 +68,9 @@ class ModelRunner:
         # CPU weights may be split into one block per thread (layers/cpu_layout.py);
         # decided in load_weights() (layout_probe.py), where a first start measures it
         self.layout: LayoutChoice | None = None
+        # compiled step functions, once the compile stage installs them (compiled_step.py)
+        self.compiled = CompiledSteps(compile_sizes)
+        self.compiled.rank = ctx.rank
 
     @property
     def kv_spec(self) -> KVCacheSpec:
@@ -154,19 +163,74 @@ class ModelRunner:
     def kv_bytes_per_block(self) -> int:
         return self.kv_spec.bytes_per_block
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
+    @property
+    def attention_layers(self) -> list[Attention]:
+        """The model's attention layers in order, each knowing its index."""
         assert self.model is not None, "load_weights() first"
-        self.kv_cache = self.kv_spec.allocate(num_blocks, self.device)
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         assert len(layers) == self.model_config.num_hidden_layers
         for i, attn in enumerate(layers):
+            attn.layer_index = i
+        return layers
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.kv_cache = self.kv_spec.allocate(num_blocks, self.device)
+        for i, attn in enumerate(self.attention_layers):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        self._attention = self.attention_layers
+
+    # -- rt.core.compile.CompileTarget (compile_target.py has the key and the warm-up) --
+
+    def step_functions(self) -> list[StepFunction]:
+        self.attention_layers  # noqa: B018  (numbers the layers for the opaque operator)
+        for module in self.model.modules():  # constants made eagerly, not in the graph
+            if hasattr(module, "prepare") and callable(module.prepare):
+                module.prepare(self.device)
+        if self.compiled.started is None:
+            self.compiled.started = time.time()
+        return [
+            StepFunction("static", self._static_body, False, self.compiled.batch_sizes),
+            StepFunction("dynamic", self._dynamic_body, True, self.compiled.dynamic_sizes()),
+        ]
+
+    def compile_key(self) -> dict:
+        from rt.plugins.tp.compile_target import compile_key
+
+        return compile_key(self)
+
+    def warm(self, name: str, compiled: Callable) -> None:
+        from rt.plugins.tp.compile_target import warm
+
+        warm(self, name, compiled)
+
+    def install_compiled(self, compiled: Mapping[str, Callable], *, now: bool) -> None:
+        self.compiled.install(compiled, now)
+
+    # Two functions with the same body: each compiles into its own code object's cache.
+    def _static_body(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions, None)
+
+    def _dynamic_body(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions, None)
+
+    def _forward(self, input_ids: torch.Tensor, meta) -> torch.Tensor:
+        # input_ids: [T] -> hidden: [T, H], compiled when a compiled function fits T
+        tokens = input_ids.shape[0]
+        chosen = self.compiled.pick(tokens)
+        if chosen is None:
+            return self.model(input_ids, meta.positions, meta)
+        fn, size = chosen
+        self.compiled.steps += 1
+        with step_context(meta, self._attention, tokens):
+            hidden = fn(padded(input_ids, size), padded(meta.positions, size))
+        return hidden[:tokens]
 
     @torch.inference_mode()
     def run(self, step: StepMetadata) -> torch.Tensor | None:
         """Run one step; return float32 logits ``[num seqs with sample, vocab]``, or None
         when no sequence samples."""
         assert self.model is not None and self.kv_cache is not None, "load and allocate first"
+        self.compiled.maybe_switch(self.ctx)  # background compile: all ranks switch at once
         if not step.num_seqs:
             return None
         counts = as_long(step.token_counts)  # [B] new tokens per sequence
@@ -179,7 +243,7 @@ class ModelRunner:
             )
         input_ids = as_long(step.token_ids).to(self.device)  # [T]
         meta = build_attention_metadata(step, self.block_size, self.device)
-        hidden = self.model(input_ids, meta)  # [T, H]
+        hidden = self._forward(input_ids, meta)  # [T, H]
         sample = torch.frombuffer(step.sample, dtype=torch.int8).bool()  # [B]
         if not bool(sample.any()):
             return None

@@ -161,7 +161,7 @@ def full_logits(runner, prompt: list[int], blocks: BlockTables, seq_id: int = 0)
         StepMetadata.from_seqs(0, [seq]), runner.block_size, runner.device
     )
     with torch.inference_mode():
-        hidden = runner.model(torch.tensor(prompt, device=runner.device), meta)
+        hidden = runner.model(torch.tensor(prompt, device=runner.device), meta.positions, meta)
         return runner.model.compute_logits(hidden).float()
 
 

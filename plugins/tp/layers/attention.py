@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from rt.plugins.tp.layers import compiled_ops  # noqa: F401  (registers rt::paged_attention)
 from rt.plugins.tp.layers.attention_metadata import AttentionMetadata
 from rt.plugins.tp.layers.kv_store import slot_view, store_kv
 from torch import nn
@@ -28,6 +29,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
+        self.layer_index = -1  # its place in the model, for a compiled step's operator
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
         self._slots: torch.Tensor | None = None  # [num_slots, 2, Hkv, D] over k/v_cache

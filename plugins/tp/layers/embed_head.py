@@ -7,6 +7,7 @@ The vocabulary is split in ``ceil(V / tp)`` rows per rank; the last rank's tail 
 from __future__ import annotations
 
 import torch
+from rt.plugins.tp.layers.compiled_ops import context_handle, tp_all_reduce
 from rt.plugins.tp.layers.cpu_layout import embedding, module_linear
 from rt.plugins.tp.layers.weight_source import WeightSource, check_shape, read_narrow
 from rt.plugins.tp.parallel import ParallelContext
@@ -25,6 +26,7 @@ class VocabParallelEmbedding(nn.Module):
             torch.empty(self.rows_per_rank, embedding_dim), requires_grad=False
         )
         self.weight.weight_loader = self.weight_loader
+        self.reduce_handle = context_handle(ctx)
 
     def weight_loader(self, param: nn.Parameter, src: WeightSource, shard_id=None) -> None:
         check_shape(src, (self.num_embeddings, param.shape[1]))
@@ -39,7 +41,7 @@ class VocabParallelEmbedding(nn.Module):
         owned = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)
         local_ids = torch.where(owned, input_ids - self.vocab_start, 0)
         y = embedding(local_ids, self.weight).masked_fill_(~owned.unsqueeze(-1), 0)
-        return self.ctx.all_reduce(y)
+        return tp_all_reduce(self.ctx, self.reduce_handle, y)
 
 
 class ParallelLMHead(VocabParallelEmbedding):

@@ -19,7 +19,8 @@ class RMSNorm(nn.Module):
         self._doubled: tuple[int, torch.Tensor] | None = None
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
+        if x.dtype == torch.float32 and not torch.compiler.is_compiling():
+            # compiled, the plain formula below fuses into one kernel with its neighbours
             if x.device.type == "cpu":
                 return self._cpu_norm(x)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # fused on GPU

@@ -9,6 +9,7 @@ that reads only this rank's slice of the checkpoint tensor ``src``.
 from __future__ import annotations
 
 import torch
+from rt.plugins.tp.layers.compiled_ops import context_handle, tp_all_reduce
 from rt.plugins.tp.layers.cpu_layout import module_linear
 from rt.plugins.tp.layers.weight_source import WeightSource, check_shape, read_narrow
 from rt.plugins.tp.parallel import ParallelContext
@@ -114,6 +115,7 @@ class RowParallelLinear(LinearBase):
 
     def __init__(self, ctx: ParallelContext, input_size: int, output_size: int, bias: bool = False):
         super().__init__(ctx, divide(input_size, ctx.world_size), output_size, bias)
+        self.reduce_handle = context_handle(ctx)
 
     def weight_loader(self, param: nn.Parameter, src: WeightSource, shard_id=None) -> None:
         if param.dim() == 1:  # the bias is replicated and added once, on rank 0
@@ -127,4 +129,4 @@ class RowParallelLinear(LinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, I_local] -> y: [T, O]
         y = module_linear(self, x, self.weight, self.bias if self.tp_rank == 0 else None)
-        return self.ctx.all_reduce(y)
+        return tp_all_reduce(self.ctx, self.reduce_handle, y)

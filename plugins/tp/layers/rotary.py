@@ -45,17 +45,31 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None = None) -> None:
         super().__init__()
         self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
-        # One per device, built on first use (the model may be built on the meta device).
-        self._inv_freq: dict[torch.device, torch.Tensor] = {}
+        # [D/2] on the model's device, built on first use (the model may be built on the
+        # meta device)
+        self._inv_freq: torch.Tensor | None = None
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         # positions: [T] -> freqs_cis: [T, 1, D/2] complex64, shared by all layers
-        inv_freq = self._inv_freq.get(positions.device)
-        if inv_freq is None:
-            inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling)
-            inv_freq = self._inv_freq.setdefault(positions.device, inv_freq.to(positions.device))
-        freqs = positions.float().unsqueeze(-1) * inv_freq
+        freqs = self._freqs(positions)
         return torch.polar(torch.ones_like(freqs), freqs).unsqueeze(1)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For :func:`apply_rotary`: ``cos`` and ``sin``, each ``[T, 1, D/2]`` float32."""
+        freqs = self._freqs(positions).unsqueeze(1)
+        return freqs.cos(), freqs.sin()
+
+    def _freqs(self, positions: torch.Tensor) -> torch.Tensor:
+        # positions: [T] -> [T, D/2] angles
+        if self._inv_freq is None or self._inv_freq.device != positions.device:
+            # a compiled step finds it made by the eager step before (or by prepare)
+            self.prepare(positions.device)
+        return positions.float().unsqueeze(-1) * self._inv_freq
+
+    def prepare(self, device: torch.device) -> None:
+        """Make the frequencies on ``device`` now (before compiling a step that uses them)."""
+        freqs = rope_inv_freq(self.head_dim, self.theta, self.scaling)
+        self._inv_freq = freqs.to(device)
 
 
 def apply_rotary_(x: torch.Tensor, freqs_cis: torch.Tensor) -> None:
@@ -67,6 +81,16 @@ def apply_rotary_(x: torch.Tensor, freqs_cis: torch.Tensor) -> None:
         return
     rotated = torch.view_as_complex(pairs.float()) * freqs_cis  # no complex bf16 in torch
     pairs.copy_(torch.view_as_real(rotated))
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` rotated, as a new tensor in real arithmetic: the form a compiled step fuses
+    (Inductor generates no complex kernels). Same pairs as :func:`apply_rotary_`."""
+    # x: [T, H, D] with interleaved pairs; cos, sin: [T, 1, D/2]
+    pairs = x.float().unflatten(-1, (-1, 2))  # [T, H, D/2, 2]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
 
 
 def interleave_rows(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from rt.plugins.tp.layers.activation import SiluAndMul
 from rt.plugins.tp.layers.attention import Attention
@@ -13,7 +15,12 @@ from rt.plugins.tp.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
-from rt.plugins.tp.layers.rotary import RotaryEmbedding, apply_rotary_, interleave_rows
+from rt.plugins.tp.layers.rotary import (
+    RotaryEmbedding,
+    apply_rotary,
+    apply_rotary_,
+    interleave_rows,
+)
 from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
@@ -51,12 +58,17 @@ class LlamaAttention(nn.Module):
                 data[q_rows:qk_rows], self.num_kv_heads, self.head_dim
             )
 
-    def forward(
-        self, x: torch.Tensor, freqs_cis: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Any, meta: AttentionMetadata | None) -> torch.Tensor:
         # x: [T, H] -> qkv: [T, (Hq + 2 Hkv) * D] (local heads), rotated in place
         d, hq, hkv = self.head_dim, self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x)
+        if meta is None:  # a compiled step: rope is (cos, sin); attention is opaque
+            qk = apply_rotary(qkv[:, : (hq + hkv) * d].view(-1, hq + hkv, d), *rope)
+            v = qkv[:, (hq + hkv) * d :].view(-1, hkv, d)
+            kv = torch.stack((qk[:, hq:], v), dim=1)  # [T, 2, Hkv, D]
+            o = torch.ops.rt.paged_attention(qk[:, :hq], kv, self.attn.layer_index)
+            return self.o_proj(o.flatten(1))
+        freqs_cis = rope
         apply_rotary_(qkv[:, : (hq + hkv) * d].view(-1, hq + hkv, d), freqs_cis)
         q = qkv[:, : hq * d].view(-1, hq, d)  # [T, Hq, D]
         kv = qkv[:, hq * d :].view(-1, 2, hkv, d)  # [T, 2, Hkv, D]: the cache's slot layout
@@ -88,15 +100,15 @@ class LlamaDecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         residual: torch.Tensor | None,
-        freqs_cis: torch.Tensor,
-        meta: AttentionMetadata,
+        rope: Any,
+        meta: AttentionMetadata | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # x, residual: [T, H]; the residual add is fused into the next norm
         if residual is None:
             x, residual = self.input_layernorm(x), x
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(x, freqs_cis, meta)
+        x = self.self_attn(x, rope, meta)
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
@@ -111,12 +123,19 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
 
-    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        # input_ids: [T] -> hidden: [T, H]
-        freqs_cis = self.rotary_emb(meta.positions)  # [T, 1, D/2], shared by all layers
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None
+    ) -> torch.Tensor:
+        # input_ids, positions: [T] -> hidden: [T, H]. Eager steps pass the step's
+        # metadata; a compiled one passes None and runs attention as an opaque operator
+        # that finds the metadata itself (layers/compiled_ops.py).
+        if meta is None:
+            rope = self.rotary_emb.cos_sin(positions)  # ([T, 1, D/2],) * 2
+        else:
+            rope = self.rotary_emb(positions)  # [T, 1, D/2] complex, shared by all layers
         x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x, residual = layer(x, residual, freqs_cis, meta)
+            x, residual = layer(x, residual, rope, meta)
         x, _ = self.norm(x, residual)
         return x
 
@@ -143,8 +162,13 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             layer.self_attn.interleave_rope_rows()
 
-    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        return self.model(input_ids, meta)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata | None = None,
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, H] -> logits: [N, V] (full vocabulary on every rank)

@@ -1,0 +1,69 @@
+"""The TP runner's side of ``rt.core.compile.CompileTarget``: its cache key and warm-up."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rt.core.compile_cache import model_files_digest
+from rt.core.entry_points import distribution_version
+from rt.plugins.tp.cores import run_with_threads, threads_per_rank
+from rt.plugins.tp.weights_plan import checkpoint_files
+
+
+@functools.cache
+def code_version() -> str:
+    """rt's version and a digest of the code a compiled step is traced from (the
+    models, the layers and this package's runner), so an edit invalidates artefacts."""
+    here = Path(__file__).parent
+    h = hashlib.sha256((distribution_version("rt") or "dev").encode())
+    for folder in (here / "models", here / "layers"):
+        for f in sorted(folder.glob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    for name in ("model_runner.py", "compiled_step.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def compile_key(runner: Any) -> dict[str, Any]:
+    layout = runner.layout.describe() if runner.layout is not None else "none"
+    return {
+        "model": runner.model_dir.name,
+        "model_files": model_files_digest(runner.model_dir, checkpoint_files(runner.model_dir)),
+        "code": f"{code_version()} layout {layout}",
+        "dtype": str(runner.dtype).removeprefix("torch."),
+        "quantization": runner.quantization,
+        "tp": runner.ctx.world_size,
+        "rank": runner.ctx.rank,
+        "device": runner.device.type,
+    }
+
+
+def warm(runner: Any, name: str, compiled: Callable) -> None:
+    """Run ``compiled`` at every size the runner pads steps to, as ``run`` calls it
+    (inference mode, this rank's threads), with no step context: the opaque operators
+    run dry (layers/compiled_ops.py), so no KV cache or other rank is needed."""
+    fn = next(f for f in runner.step_functions() if f.name == name)
+    # a graph per static size, plus a few for the dynamic one
+    limit = len(fn.sizes) + 8
+    if torch._dynamo.config.recompile_limit < limit:
+        torch._dynamo.config.recompile_limit = limit
+
+    def call_each_size() -> None:
+        with torch.inference_mode():
+            for size in fn.sizes:
+                ids = torch.zeros(size, dtype=torch.long, device=runner.device)
+                positions = torch.zeros(size, dtype=torch.long, device=runner.device)
+                if fn.dynamic:
+                    torch._dynamo.mark_dynamic(ids, 0)
+                    torch._dynamo.mark_dynamic(positions, 0)
+                compiled(ids, positions)
+
+    # Dynamo guards on the thread count: warm with the step loop's (bind_compute_thread),
+    # in a thread whose OpenMP team ends with it.
+    threads = threads_per_rank(runner.ctx.world_size) if runner.device.type == "cpu" else 1
+    run_with_threads(call_each_size, threads)
