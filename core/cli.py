@@ -129,7 +129,9 @@ def build_parser(pm: RtPluginManager) -> argparse.ArgumentParser:
 
 def _add_bench_command(pm: RtPluginManager, subparsers: argparse._SubParsersAction) -> None:
     """``rt bench NAME``: benchmarks come from plugins via ``rt_register_benchmarks``."""
-    bench = subparsers.add_parser("bench", help="benchmarks (startup, generation, broadcast)")
+    bench = subparsers.add_parser(
+        "bench", help="benchmarks (startup, generate, serve, compile-cache, broadcast)"
+    )
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     pm.hook.rt_register_benchmarks(subparsers=bench_sub)
     for name, sub in bench_sub.choices.items():
@@ -142,7 +144,12 @@ def _run(argv: Sequence[str]) -> int:
     early, command = _early_args(argv)
     # The plugin spec may come from the profile, the config file, RT_PLUGINS and
     # --plugins; resolving the config here also reports a bad file before anything runs.
-    base = load_config(early.profile, early.config, os.environ, _early_pairs(early))
+    profile = early.profile
+    if command == "bench" and profile and "," in profile:
+        # `rt bench startup --profile A,B,C` compares profiles, each start loading its
+        # own; the plugins the bench command itself runs with come from the first
+        profile = profile.split(",")[0]
+    base = load_config(profile, early.config, os.environ, _early_pairs(early))
     catalog = discover()
     selection = select(catalog, base.plugins)
     pm, stages = build_plugin_manager(selection)

@@ -97,9 +97,10 @@ class CompileConfig:
     mode: str = attrs.field(default="off", validator=in_(("off", "default", "background")))
     cache_dir: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
     # Steps of up to the largest size run padded to the next size, one static graph
-    # each; larger steps share one dynamic graph.
+    # each; larger steps share one dynamic graph (docs/compile.md: each graph costs
+    # compile time, and on CPU the dynamic one decodes as fast as static ones)
     batch_sizes: tuple[int, ...] = attrs.field(
-        default=(1, 2, 4, 8, 16),
+        default=(1,),
         converter=tuple,
         validator=attrs.validators.deep_iterable(gt(0)),
     )

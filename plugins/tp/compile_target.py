@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from rt.core.compile_cache import model_files_digest
 from rt.core.entry_points import distribution_version
-from rt.plugins.tp.cores import run_with_threads, threads_per_rank
+from rt.plugins.tp.cores import run_with_threads
 from rt.plugins.tp.weights_plan import checkpoint_files
 
 
@@ -65,5 +65,4 @@ def warm(runner: Any, name: str, compiled: Callable) -> None:
 
     # Dynamo guards on the thread count: warm with the step loop's (bind_compute_thread),
     # in a thread whose OpenMP team ends with it.
-    threads = threads_per_rank(runner.ctx.world_size) if runner.device.type == "cpu" else 1
-    run_with_threads(call_each_size, threads)
+    run_with_threads(call_each_size, runner.compute_threads)

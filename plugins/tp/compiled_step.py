@@ -40,7 +40,7 @@ DYNAMIC_WARM_SIZES = (2, INT4_MAX_TOKENS + 1, GEMV_MAX_TOKENS + 1, 64)
 class CompiledSteps:
     """A runner's compiled functions: none, pending a switch, or in use."""
 
-    def __init__(self, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)) -> None:
+    def __init__(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         self.batch_sizes = tuple(sorted(set(batch_sizes)))
         self.active: Mapping[str, Callable] | None = None
         self.pending: Mapping[str, Callable] | None = None

@@ -48,7 +48,7 @@ class ModelRunner:
         device: torch.device | str | None = None,
         block_size: int = 16,
         quantization: str = "none",
-        compile_sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
+        compile_sizes: tuple[int, ...] = (1,),
     ) -> None:
         self.model_dir = Path(model_dir)
         self.ctx = ctx
@@ -150,10 +150,14 @@ class ModelRunner:
         thread that runs a parallel torch op owns an OpenMP team for as long as it
         lives, and once libgomp manages more threads than there are cores it wakes its
         workers by futex instead of spinning: with the driver's main thread holding a
-        team, SmolLM2's decode step on 2 cores went from ~33 to ~50 ms.
+        team, SmolLM2's decode step on 2 cores went from ~33 to ~50 ms. A compiled step
+        guards on the count, so it is set on CUDA too (where one thread does).
         """
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads_per_rank(self.ctx.world_size))
+        torch.set_num_threads(self.compute_threads)
+
+    @property
+    def compute_threads(self) -> int:
+        return threads_per_rank(self.ctx.world_size) if self.device.type == "cpu" else 1
 
     def param_bytes(self) -> int:
         """Bytes of parameters this rank holds (tied parameters counted once)."""

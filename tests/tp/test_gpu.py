@@ -36,3 +36,26 @@ def test_cuda_runner_matches_transformers(tmp_path, dtype, tol):
     with torch.no_grad():
         theirs = load_reference(path)(torch.tensor([prompt])).logits[0]
     torch.testing.assert_close(ours, theirs, atol=tol, rtol=tol)
+
+
+def test_compiled_decode_equals_eager_on_cuda(tmp_path):
+    from rt.plugins.compile import cache_entry, compile_now
+
+    from .tiny_models import greedy_decode
+
+    path = write_checkpoint("llama_gqa_tied", tmp_path / "model")
+    runner = ModelRunner(path, ParallelContext.single("cuda"), torch.float32, "cuda", 4)
+    runner.bind_compute_thread()
+    runner.load_weights()
+    runner.allocate_kv_cache(64)
+    vocab = runner.model_config.vocab_size
+    prompts = [random_prompt(n, vocab, seed=n) for n in (5, 11, 1)]
+    eager = greedy_decode(runner, prompts, 32, BlockTables(64, 4))
+    cache, seconds = compile_now(runner, str(tmp_path / "compile"))
+    assert cache == "cold" and seconds > 0
+    compiled = greedy_decode(runner, prompts, 32, BlockTables(64, 4))
+    assert runner.compiled.steps > 0
+    assert compiled == eager
+    key, folder = cache_entry(runner, str(tmp_path / "compile"))
+    assert key.device == torch.cuda.get_device_name(0)
+    assert (folder / "manifest.json").is_file()

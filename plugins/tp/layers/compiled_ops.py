@@ -85,7 +85,13 @@ def _(x: torch.Tensor, handle: int) -> torch.Tensor:
 
 
 def tp_all_reduce(ctx: Any, handle: int, y: torch.Tensor) -> torch.Tensor:
-    """``ctx.all_reduce(y)`` (a ``ParallelContext``); in a compiled step, the opaque operator."""
-    if ctx.world_size > 1 and torch.compiler.is_compiling():
+    """``ctx.all_reduce(y)`` (a ``ParallelContext``); in a compiled step, the opaque operator.
+
+    The layers ask ``torch.compiler.is_dynamo_compiling()``, true only in code Dynamo
+    traces, never ``is_compiling()``: that one is a process-wide flag, true in every
+    thread while any thread compiles, so an eager step served during a background
+    compile would take the compiled branches (and skip this all-reduce).
+    """
+    if ctx.world_size > 1 and torch.compiler.is_dynamo_compiling():
         return torch.ops.rt.all_reduce(y, handle)
     return ctx.all_reduce(y)

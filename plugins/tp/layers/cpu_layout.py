@@ -105,7 +105,7 @@ def module_linear(
     group = module.__dict__.get("int4_group")
     if group is not None:
         return int4_linear(x, weight, module.weight_scale_zero, module.weight_dense, group, bias)
-    if weight.dim() != 2 or x.dim() != 2 or torch.compiler.is_compiling():
+    if weight.dim() != 2 or x.dim() != 2 or torch.compiler.is_dynamo_compiling():
         # a compiled step fuses around the matmul itself; the kept view would be a guard
         return linear(x, weight, bias)
     key = (weight.data_ptr(), weight.stride())

@@ -19,7 +19,7 @@ class RMSNorm(nn.Module):
         self._doubled: tuple[int, torch.Tensor] | None = None
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        if x.dtype == torch.float32 and not torch.compiler.is_dynamo_compiling():
             # compiled, the plain formula below fuses into one kernel with its neighbours
             if x.device.type == "cpu":
                 return self._cpu_norm(x)
