@@ -277,15 +277,26 @@ def rt_allocate_kv_cache(config: Any, runtime: Any) -> Any:
 
 @hookspec(firstresult=True)
 def rt_compile(config: Any, runtime: Any) -> Any:
-    """Compile the model (``firstresult``): ``off``, ``default`` or ``background``.
+    """Compile each rank's step (``firstresult``): ``compile.mode`` is ``off``,
+    ``default`` (before ready) or ``background`` (while serving eagerly).
+
+    The engine's ``load-weights`` result offers its step functions through the
+    ``rt.core.compile.CompileTarget`` protocol, so a compiler needs no engine import.
+    The built-in ``compile`` plugin runs ``torch.compile`` with a cache per
+    ``rt.core.compile_cache.CompileKey``; see docs/compile.md.
 
     Example::
 
         @hookimpl
         def rt_compile(config, runtime):
-            if config.compile.mode == "off":
-                raise SkipStage("compile.mode is off")
-            return torch.compile(runtime.result("load-weights").model)
+            target = runtime.result("load-weights")
+            if config.compile.mode == "off" or not isinstance(target, CompileTarget):
+                raise SkipStage("nothing to compile")
+            compiled = {f.name: my_compiler(f.fn) for f in target.step_functions()}
+            for name, fn in compiled.items():
+                target.warm(name, fn)
+            target.install_compiled(compiled, now=True)
+            return sorted(compiled)
     """
 
 

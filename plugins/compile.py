@@ -160,8 +160,27 @@ def _save_entry(torch: Any, key: CompileKey, folder: Path, cache: str, seconds: 
         log.warning("could not save the compile cache entry %s: %s", folder, e)
 
 
+# While compiling in the background, the interpreter lock changes hands this often
+# (Python's default is 5 ms). Tracing holds the lock; an eager step takes it back after
+# each torch operator, so at 5 ms a request served while compiling ran at a tenth of its
+# speed (docs/compile.md).
+BACKGROUND_SWITCH_INTERVAL_S = 0.0002
+
+
 def _background(target: CompileTarget, key: CompileKey, folder: Path, cache: str) -> None:
+    import sys
+
+    # The serving thread comes first: this thread (and the compiler processes it starts,
+    # which inherit it) runs at the lowest CPU priority.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, BACKGROUND_SWITCH_INTERVAL_S))
     try:
         compile_target(target, key, folder, cache, now=False)
     except Exception:  # the engine keeps serving eagerly
         log.exception("background compile failed; the engine keeps running eagerly")
+    finally:
+        sys.setswitchinterval(interval)

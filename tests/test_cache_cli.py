@@ -96,11 +96,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def exported(folder: Path) -> dict[str, bytes]:
-    """What export carries of an entry: inductor/ only when it has no artifacts.bin."""
-    files = snapshot(folder)
-    if ARTIFACTS in files:
-        return {k: v for k, v in files.items() if not k.startswith("inductor/")}
-    return files
+    """What export carries of an entry: all of it (manifest, artifacts.bin, inductor/)."""
+    return snapshot(folder)
 
 
 @pytest.fixture
@@ -148,7 +145,7 @@ def test_export_clear_import_round_trip(cache, tmp_path):
     assert list(tmp_path.glob("cache.tar.tmp-*")) == []
     with tarfile.open(out) as tar:
         names = set(tar.getnames())
-    assert f"compile/{folder.name}/inductor/fxgraph/graph.py" not in names  # artifacts.bin is
+    assert f"compile/{folder.name}/inductor/fxgraph/graph.py" in names  # kernels too
     assert f"compile/{inductor_only.name}/inductor/fxgraph/graph.py" in names
 
     assert rt_process(cache, "cache", "clear", "--yes").returncode == 0

@@ -130,8 +130,10 @@ def _profiles(args: argparse.Namespace, cli: CliContext) -> list[str] | None:
 
 
 def _single_profile(cli: CliContext) -> str | None:
+    """The invocation's profile; of a list (the profile axis), the first: what the bench
+    itself resolves (the model) is the same in each."""
     early = cli.early.profile
-    return early if early and "," not in early else None
+    return early.split(",")[0] if early else None
 
 
 def _compile_mode(cli: CliContext, args: argparse.Namespace, v: Variant) -> str:
