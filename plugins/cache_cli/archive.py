@@ -80,9 +80,9 @@ def is_complete(folder: Path) -> bool:
 def entry_files(folder: Path) -> list[Path]:
     """What an entry exports: its manifest, artifacts.bin and its inductor/ and triton/
     trees; nothing when it has neither artefacts nor an Inductor cache (it would be of no
-    use elsewhere). The trees go too: torch's portable artefacts leave the C++ kernels of
-    a CPU graph to be compiled again, an entry imported from them alone compiled in 56 s
-    against 32 s warm (docs/benchmarks.md)."""
+    use elsewhere). The trees go too: imported from artifacts.bin alone, the default
+    model's compile stage took 56 s, with the trees 40-42 s (docs/benchmarks.md).
+    """
     artifacts = [folder / ARTIFACTS] if (folder / ARTIFACTS).is_file() else []
     trees = [*_files(folder / "inductor"), *_files(folder / "triton")]
     if not artifacts and not trees:
