@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from rt.plugins.tp.layers.module import Module
 
 
-class SiluAndMul(nn.Module):
+class SiluAndMul(Module):
     """``silu(gate) * up`` for the merged gate/up projection output."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from rt.plugins.tp.layers import compiled_ops  # noqa: F401  (registers rt::paged_attention)
 from rt.plugins.tp.layers.attention_metadata import AttentionMetadata
 from rt.plugins.tp.layers.kv_store import slot_view, store_kv
-from torch import nn
+from rt.plugins.tp.layers.module import Module
 
 
-class Attention(nn.Module):
+class Attention(Module):
     """Attention of one layer's local heads over the paged KV cache.
 
     The runner binds ``k_cache`` and ``v_cache`` (each ``[num_blocks, block_size,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 from rt.plugins.tp.layers.compiled_ops import context_handle, tp_all_reduce
 from rt.plugins.tp.layers.cpu_layout import embedding, module_linear
+from rt.plugins.tp.layers.module import Module
 from rt.plugins.tp.layers.weight_source import WeightSource, check_shape, read_narrow
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
 
 
-class VocabParallelEmbedding(nn.Module):
+class VocabParallelEmbedding(Module):
     def __init__(self, ctx: ParallelContext, num_embeddings: int, embedding_dim: int) -> None:
         super().__init__()
         self.ctx = ctx

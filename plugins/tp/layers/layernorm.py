@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from rt.plugins.tp.layers.module import Module
 from rt.plugins.tp.layers.weight_source import default_weight_loader
 from torch import nn
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(Module):
     """RMS norm computed in float32 (as HF does); optionally adds the residual first."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:

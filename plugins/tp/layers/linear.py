@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from rt.plugins.tp.layers.compiled_ops import context_handle, tp_all_reduce
 from rt.plugins.tp.layers.cpu_layout import module_linear
+from rt.plugins.tp.layers.module import Module
 from rt.plugins.tp.layers.weight_source import WeightSource, check_shape, read_narrow
 from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
@@ -21,7 +22,7 @@ def divide(numerator: int, denominator: int) -> int:
     return numerator // denominator
 
 
-class LinearBase(nn.Module):
+class LinearBase(Module):
     decode_layout = True  # CPU ranks re-lay the weight out after loading (cpu_layout.py)
 
     def __init__(self, ctx: ParallelContext, input_size: int, output_size: int, bias: bool) -> None:

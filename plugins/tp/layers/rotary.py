@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 
 import torch
+from rt.plugins.tp.layers.module import Module
 from rt.plugins.tp.model_config import RopeScaling
-from torch import nn
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -32,7 +32,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> t
     return torch.where(is_medium, blended, scaled)
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(Module):
     """Rotary embedding applied as one complex multiply over interleaved pairs.
 
     HF checkpoints rotate dimension ``i`` with ``i + D/2`` ("rotate_half"). The model

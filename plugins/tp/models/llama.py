@@ -15,6 +15,7 @@ from rt.plugins.tp.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
+from rt.plugins.tp.layers.module import Module
 from rt.plugins.tp.layers.rotary import (
     RotaryEmbedding,
     apply_rotary,
@@ -26,7 +27,7 @@ from rt.plugins.tp.parallel import ParallelContext
 from torch import nn
 
 
-class LlamaAttention(nn.Module):
+class LlamaAttention(Module):
     def __init__(self, config: ModelConfig, ctx: ParallelContext) -> None:
         super().__init__()
         d = config.head_dim
@@ -76,7 +77,7 @@ class LlamaAttention(nn.Module):
         return self.o_proj(o.flatten(1))
 
 
-class LlamaMLP(nn.Module):
+class LlamaMLP(Module):
     def __init__(self, config: ModelConfig, ctx: ParallelContext) -> None:
         super().__init__()
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
@@ -88,7 +89,7 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
-class LlamaDecoderLayer(nn.Module):
+class LlamaDecoderLayer(Module):
     def __init__(self, config: ModelConfig, ctx: ParallelContext) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, ctx)
@@ -113,7 +114,7 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(x), residual
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(Module):
     def __init__(self, config: ModelConfig, ctx: ParallelContext) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(ctx, config.vocab_size, config.hidden_size)
@@ -140,7 +141,7 @@ class LlamaModel(nn.Module):
         return x
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(Module):
     # checkpoint module -> (module in this model, shard id its weight_loader understands)
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"),
