@@ -49,18 +49,19 @@ def warm(runner: Any, name: str, compiled: Callable) -> None:
     """Run ``compiled`` at every size the runner pads steps to, as ``run`` calls it
     (inference mode, this rank's threads), with no step context: the opaque operators
     run dry (layers/compiled_ops.py), so no KV cache or other rank is needed."""
-    fn = next(f for f in runner.step_functions() if f.name == name)
+    sizes = runner.compiled.warm_sizes(name)
+    dynamic = name == "dynamic"
     # a graph per static size, plus a few for the dynamic one
-    limit = len(fn.sizes) + 8
+    limit = len(sizes) + 8
     if torch._dynamo.config.recompile_limit < limit:
         torch._dynamo.config.recompile_limit = limit
 
     def call_each_size() -> None:
         with torch.inference_mode():
-            for size in fn.sizes:
+            for size in sizes:
                 ids = torch.zeros(size, dtype=torch.long, device=runner.device)
                 positions = torch.zeros(size, dtype=torch.long, device=runner.device)
-                if fn.dynamic:
+                if dynamic:
                     torch._dynamo.mark_dynamic(ids, 0)
                     torch._dynamo.mark_dynamic(positions, 0)
                 compiled(ids, positions)

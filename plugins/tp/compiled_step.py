@@ -56,6 +56,10 @@ class CompiledSteps:
         sizes = {s for s in DYNAMIC_WARM_SIZES if s > top}
         return tuple(sorted(sizes | {max(2, top + 1)}))
 
+    def warm_sizes(self, name: str) -> tuple[int, ...]:
+        """The sizes the function ``name`` ("static" or "dynamic") is warmed at."""
+        return self.batch_sizes if name == "static" else self.dynamic_sizes()
+
     def install(self, compiled: Mapping[str, Callable], now: bool) -> None:
         self.installed_at = time.time()
         if now:

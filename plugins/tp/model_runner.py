@@ -187,14 +187,12 @@ class ModelRunner:
 
     def step_functions(self) -> list[StepFunction]:
         self.attention_layers  # noqa: B018  (numbers the layers for the opaque operator)
-        for module in self.model.modules():  # constants made eagerly, not in the graph
-            if hasattr(module, "prepare") and callable(module.prepare):
-                module.prepare(self.device)
+        self.model.model.rotary_emb.prepare(self.device)  # made eagerly, not in the graph
         if self.compiled.started is None:
             self.compiled.started = time.time()
         return [
-            StepFunction("static", self._static_body, False, self.compiled.batch_sizes),
-            StepFunction("dynamic", self._dynamic_body, True, self.compiled.dynamic_sizes()),
+            StepFunction("static", self._static_body, False, self.compiled.warm_sizes("static")),
+            StepFunction("dynamic", self._dynamic_body, True, self.compiled.warm_sizes("dynamic")),
         ]
 
     def compile_key(self) -> dict:
