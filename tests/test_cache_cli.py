@@ -25,7 +25,7 @@ from rt.core.compile_cache import (
     write_manifest,
 )
 from rt.plugins.cache_cli import human_bytes
-from rt.plugins.tp.build_once import build_once
+from rt.core.build_once import build_once
 
 PREPARED = "tiny-0123456789abcdef/rank0-of-1"
 

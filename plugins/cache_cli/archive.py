@@ -27,13 +27,12 @@ from pathlib import Path
 
 import attrs
 from rt import __version__
+from rt.core.build_once import is_complete
 from rt.core.compile_cache import ARTIFACTS, MANIFEST, CompileKey
 from rt.core.errors import RtError
 
 FORMAT = 1
 INDEX = "rt-cache.json"
-# build_once's completion marker (plugins/tp/build_once.py; plugins do not import each other)
-MARKER = ".complete"
 
 
 class ArchiveRefused(RtError):
@@ -62,19 +61,6 @@ def list_prepared(root: Path) -> list[Prepared]:
         for rank in _subdirs(model):
             found.append(Prepared(f"{model.name}/{rank.name}", rank, is_complete(rank)))
     return found
-
-
-def is_complete(folder: Path) -> bool:
-    """build_once's test: the marker is there and every file it lists has its size."""
-    try:
-        marker = json.loads((folder / MARKER).read_text())
-        sizes = marker.get("sizes") or {name: None for name in marker["files"]}
-        return all(
-            (folder / n).stat().st_size == s if s is not None else (folder / n).is_file()
-            for n, s in sizes.items()
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
 
 
 def entry_files(folder: Path) -> list[Path]:

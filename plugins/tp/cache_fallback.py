@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rt.core.errors import ModelError
-from rt.plugins.tp.build_once import build_once, is_complete
+from rt.core.build_once import build_once, is_complete
 
 log = logging.getLogger("rt.cache")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from rt.core.errors import ModelError
-from rt.plugins.tp.build_once import build_once
+from rt.core.build_once import build_once
 from rt.plugins.tp.layers.cpu_layout import from_storage, logical_shape, storage_form
 from rt.plugins.tp.loader import replace_parameters
 from rt.plugins.tp.safetensors_format import TensorBytes, read_header, write_file

@@ -17,7 +17,7 @@ from rt.core.entry_points import distribution_version
 from rt.core.errors import ModelError
 from rt.core.host import cpu_model, native_bf16
 from rt.core.paths import rt_cache_dir
-from rt.plugins.tp.build_once import is_complete
+from rt.core.build_once import is_complete
 from rt.plugins.tp.layout_probe import known_parts, torch_version
 
 # Bump when the prepared layout changes (prepared_weights.py, layers/cpu_layout.py, int4.py).

@@ -24,7 +24,7 @@ from pathlib import Path
 import attrs
 import httpx
 import pytest
-from rt.plugins.tp.build_once import is_complete
+from rt.core.build_once import is_complete
 
 from tests.conftest import run_rt
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rt.core.errors import ModelError
 from rt.plugins.tp import cache_fallback, gguf_convert
-from rt.plugins.tp.build_once import MARKER, build_once, is_complete
+from rt.core.build_once import MARKER, build_once, is_complete
 from rt.plugins.tp.cache_fallback import build_with_fallback
 from rt.plugins.tp.gguf_convert import ensure_default_model
 from rt.plugins.tp.tokenizer import Tokenizer
@@ -155,7 +155,7 @@ def test_build_once_concurrent_processes_build_once(tmp_path: Path) -> None:
         f"""
         import time
         from pathlib import Path
-        from rt.plugins.tp.build_once import build_once
+        from rt.core.build_once import build_once
 
         def build(out):
             with open({str(log)!r}, "a") as f:
