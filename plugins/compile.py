@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,29 +120,40 @@ def _use_entry(folder: Path) -> str:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor)
     os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
     if warm:
-        _no_header_precompile()
         return "warm"
     artifacts = folder / ARTIFACTS
     if artifacts.is_file():
         import torch
 
         torch.compiler.load_cache_artifacts(artifacts.read_bytes())
-        _no_header_precompile()
         return "imported"
     return "cold"
 
 
-def _no_header_precompile() -> None:
-    """For an entry that holds its C++ kernels already: Inductor precompiles its kernel
-    header before it looks for a built kernel, into a folder under TMPDIR, not the
-    entry. On a machine that never compiled (an imported entry) that cost ~8 s of a
-    ~35 s warm compile stage on a 2-core EPYC; where the header exists it still
-    preprocesses it once per process. A kernel missing from the entry is then compiled
-    without the precompiled header: slower, the same kernel (its cache key leaves the
-    header out)."""
+def inductor_settings(cache: str) -> dict[str, Any]:
+    """Inductor settings for compiling from an entry that held ``cache``.
+
+    An entry found warm or imported holds its C++ kernels already, but Inductor builds
+    its precompiled kernel header (in a folder under TMPDIR, not the entry) before it
+    looks for a built kernel: on a machine that never compiled (an imported entry) that
+    cost ~8 s of a ~35 s compile stage on a 2-core EPYC, and where the header exists it
+    is still preprocessed once per process. Without it a kernel missing from the entry
+    compiles slower, into the same kernel (its cache key leaves the header out)."""
+    return {"cpp_cache_precompile_headers": False} if cache != "cold" else {}
+
+
+def _with_settings(fn: Callable[..., Any], settings: dict[str, Any]) -> Callable[..., Any]:
+    """``fn`` run with Inductor ``settings``. Inductor's settings are per thread, and the
+    target may warm on a thread of its own: the settings go with each call."""
+    if not settings:
+        return fn
     from torch._inductor import config
 
-    config.cpp_cache_precompile_headers = False
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with config.patch(settings):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def compile_target(
@@ -155,7 +167,7 @@ def compile_target(
     compiled = {}
     for f in target.step_functions():
         compiled[f.name] = torch.compile(f.fn, dynamic=f.dynamic)
-        target.warm(f.name, compiled[f.name])
+        target.warm(f.name, _with_settings(compiled[f.name], inductor_settings(cache)))
     seconds = time.perf_counter() - start
     target.install_compiled(compiled, now=now)
     note("seconds", round(seconds, 2))

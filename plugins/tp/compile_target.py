@@ -51,13 +51,12 @@ def warm(runner: Any, name: str, compiled: Callable) -> None:
     run dry (layers/compiled_ops.py), so no KV cache or other rank is needed."""
     sizes = runner.compiled.warm_sizes(name)
     dynamic = name == "dynamic"
-    # a graph per static size, plus a few for the dynamic one
-    limit = len(sizes) + 8
-    if torch._dynamo.config.recompile_limit < limit:
-        torch._dynamo.config.recompile_limit = limit
+    # a graph per static size, plus a few for the dynamic one; Dynamo's settings are per
+    # thread, so it is set on the thread that compiles
+    limit = max(len(sizes) + 8, torch._dynamo.config.recompile_limit)
 
     def call_each_size() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch._dynamo.config.patch(recompile_limit=limit):
             for size in sizes:
                 ids = torch.zeros(size, dtype=torch.long, device=runner.device)
                 positions = torch.zeros(size, dtype=torch.long, device=runner.device)
