@@ -74,6 +74,10 @@ class ParallelConfig:
     # the other ranks before it fails. An idle server is never near it: the engine
     # sends the ranks a heartbeat well within it (plugins/tp/llm_engine.py).
     collective_timeout_s: float = attrs.field(default=120.0, validator=[gt(0.0)])
+    # Where the ranks run: "auto" (CUDA when torch finds a usable device, else CPU),
+    # "cpu" or "cuda" (an error when there is none). Each rank on a node takes its own
+    # GPU: more ranks on a node than visible GPUs is an error (plugins/tp/distributed.py).
+    device: str = attrs.field(default="auto", validator=in_(("auto", "cpu", "cuda")))
 
 
 @attrs.frozen
@@ -121,10 +125,21 @@ class P2PConfig:
     mode: str = attrs.field(default="cached", validator=in_(("check", "cached", "table", "off")))
 
 
+def _fraction_below_one(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    # 1.0 (or more) leaves nothing for the CUDA context, NCCL and the allocator's slack
+    if not 0.0 < value < 1.0:
+        raise ValueError(
+            f"{attribute.name} is the share of the GPU's memory rt may use: it must be "
+            f"above 0 and below 1 (e.g. 0.85), got {value!r}"
+        )
+
+
 @attrs.frozen
 class CacheConfig:
     memory: str = attrs.field(default="auto", validator=_memory)
-    gpu_memory_fraction: float = attrs.field(default=0.85, validator=[gt(0.0)])
+    # The share of each GPU's total memory the rank may fill: weights, activations,
+    # CUDA graphs and the KV cache together (plugins/tp/memory_profile.py).
+    gpu_memory_fraction: float = attrs.field(default=0.85, validator=_fraction_below_one)
     block_size: int = attrs.field(default=16, validator=[instance_of(int), gt(0)])
 
 

@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# CPU tests stay on the CPU on a machine with a GPU too: configs resolved from the
+# environment, and every rt process a test starts, get parallel.device = cpu unless the
+# run sets it (RT_PARALLEL__DEVICE=auto runs them where rt would). GPU tests
+# (tests/tp/test_gpu.py) ask for cuda themselves.
+DEVICE_ENV = "RT_PARALLEL__DEVICE"
+os.environ.setdefault(DEVICE_ENV, "cpu")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

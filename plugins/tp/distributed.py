@@ -18,7 +18,9 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from rt.plugins.tp.weights_plan import cuda_present
+from rt.core.errors import ConfigError
+from rt.core.host import cpu_model
+from rt.plugins.tp.device_plan import no_cuda_message
 
 # Rendezvous and group set-up: every rank must have joined within this. The groups'
 # collectives then get ``parallel.collective_timeout_s`` (set after set-up, so a short
@@ -27,11 +29,50 @@ RENDEZVOUS_TIMEOUT = timedelta(seconds=120)
 DEFAULT_COLLECTIVE_TIMEOUT_S = 120.0
 
 
-def pick_device(rank: int) -> torch.device:
-    # cuda_present() is what the prefetch decides by, so both pick the same files.
-    if cuda_present() and torch.cuda.is_available():
-        return torch.device("cuda", rank % torch.cuda.device_count())
-    return torch.device("cpu")
+def resolve_device_type(requested: str) -> str:
+    """``parallel.device`` as "cpu" or "cuda": ``auto`` is CUDA when torch finds a usable
+    device; ``cuda`` without one is a ConfigError saying why and what to do.
+
+    (``is_available`` and ``device_count`` do not create a CUDA context; ranks are
+    forked from a forkserver that never touches CUDA, so asking here is safe.)"""
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise ConfigError(no_cuda_message(torch.__version__, torch.version.cuda))
+    return "cpu"
+
+
+def pick_device(rank: int, requested: str = "auto", local_rank: int | None = None) -> torch.device:
+    """This rank's device. ``local_rank``: its index among the ranks on this node (the
+    driver starts ranks 0..local-1, so it is the rank there); None for a rank started
+    with ``rt worker``, which takes GPU ``rank % count``.
+
+    A local rank past the GPUs this process sees is a ConfigError: two ranks on one
+    GPU would share its memory and hang or fail inside NCCL.
+    """
+    if resolve_device_type(requested) == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if local_rank is None:
+        return torch.device("cuda", rank % count)
+    if local_rank >= count:
+        raise ConfigError(
+            f"rank {rank} is local rank {local_rank} on this node, which has {count} "
+            f"visible GPU(s): each rank needs a GPU of its own; use --tp {count} (or "
+            "parallel.local_ranks at most that), make more GPUs visible "
+            "(CUDA_VISIBLE_DEVICES), or run on CPU with --device cpu"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def describe_device(device: torch.device) -> str:
+    """For the timeline: ``cuda:1 (NVIDIA H100 80GB HBM3)`` or ``cpu (AMD EPYC 7B13)``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"{device.type} ({cpu_model()})"
 
 
 def pick_backend(requested: str, device: torch.device) -> str:

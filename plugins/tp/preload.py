@@ -220,15 +220,18 @@ class Prefetch:
 
 def files_to_prefetch(config: Any) -> list[Path]:
     """Config, tokenizer files and the weight files every local rank will open."""
+    from rt.plugins.tp.device_plan import planned_device_type, resolve_dtype_name
     from rt.plugins.tp.model_config import ModelConfig
     from rt.plugins.tp.model_source import resolve_model
-    from rt.plugins.tp.weights_plan import cuda_present, weight_files
+    from rt.plugins.tp.weights_plan import weight_files
 
     m = config.model
     model = resolve_model(m.source, m.revision, m.download_dir, m.allow_download)
     model_config = ModelConfig.from_dir(model.path)
-    dtype = m.dtype if m.dtype != "auto" else model_config.dtype
-    device = "cuda" if cuda_present() else "cpu"
+    # torch is still being imported: the ranks' own choice (pick_device, _dtype in
+    # hooks.py) is guessed the same way, without it
+    device = planned_device_type(config.parallel.device)
+    dtype = resolve_dtype_name(m.dtype, model_config.dtype, device)
     quantization = model_config.quantization(m.quantization, device)
     tp = config.parallel.tp
     local = min(config.parallel.local_ranks or tp, tp)

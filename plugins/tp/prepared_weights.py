@@ -7,6 +7,10 @@ then saves the result (in a background thread, off the critical path) under
 ``<rt cache>/prepared/``; every later start maps that file and hands the
 memory-mapped tensors straight to the model: no copy at all.
 
+CPU ranks only (``weights_plan.use_prepared_weights``): on CUDA every tensor is copied to
+the device whether it comes from a prepared file or the checkpoint, so a prepared file
+saves nothing there, and saving one would copy every parameter back to the host.
+
 Each tensor is saved as the contiguous memory it has (``cpu_layout.storage_form``)
 with a layout tag in the file's metadata that turns it back into a view. The cache
 key covers the checkpoint files (name, size, mtime), the TP size and rank, dtype,
@@ -22,8 +26,8 @@ import threading
 from pathlib import Path
 
 import torch
-from rt.core.errors import ModelError
 from rt.core.build_once import build_once
+from rt.core.errors import ModelError
 from rt.plugins.tp.layers.cpu_layout import from_storage, logical_shape, storage_form
 from rt.plugins.tp.loader import replace_parameters
 from rt.plugins.tp.safetensors_format import TensorBytes, read_header, write_file

@@ -69,7 +69,9 @@ def rank_main(
     torch.set_num_threads(1)  # the step loop takes the rank's threads (bind_compute_thread)
     runtime = None
     try:
-        device = pick_device(spec.rank)
+        # a rank the driver started here is local rank ``rank``; `rt worker` has no conn
+        local_rank = spec.rank if conn is not None else None
+        device = pick_device(spec.rank, spec.config.parallel.device, local_rank)
         groups = None
         if spec.world_size > 1:
             groups = init_distributed(

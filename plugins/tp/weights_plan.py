@@ -2,22 +2,20 @@
 
 Both the ``load-weights`` stage and the page-cache prefetch (``preload``) ask this
 module, so the prefetch reads exactly the files the load then maps: the prepared
-weights of each local rank when a previous start saved them, else the checkpoint's
-safetensors shards.
+weights of each local rank when a previous start saved them (CPU ranks only: see
+``use_prepared_weights``), else the checkpoint's safetensors shards.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from rt.core.entry_points import distribution_version
+from rt.core.build_once import is_complete
 from rt.core.errors import ModelError
 from rt.core.host import cpu_model, native_bf16
 from rt.core.paths import rt_cache_dir
-from rt.core.build_once import is_complete
 from rt.plugins.tp.layout_probe import known_parts, torch_version
 
 # Bump when the prepared layout changes (prepared_weights.py, layers/cpu_layout.py, int4.py).
@@ -60,14 +58,26 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
     return shards
 
 
-def cuda_present() -> bool:
-    """An NVIDIA driver is loaded and torch is not a CPU-only build."""
-    if not os.path.exists("/proc/driver/nvidia/version"):
-        return False
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    version = distribution_version("torch")  # torch-free: the driver never imports it
-    return version is not None and "+cpu" not in version
+# Why a CUDA rank loads the checkpoint every time (the timeline notes it).
+PREPARED_SKIPPED_ON_CUDA = (
+    "off on CUDA: saving copies every parameter back to host memory, and a prepared "
+    "file is read and copied to the GPU just as the checkpoint is, so it saves nothing"
+)
+
+
+def use_prepared_weights(requested: bool, device_type: str) -> tuple[bool, str | None]:
+    """Whether a rank on ``device_type`` saves and maps prepared weights
+    (``model.prepared_cache`` is ``requested``), and why not when it asked for them.
+
+    They pay off on CPU, where the prepared file *is* the rank's memory (mapped, no
+    copy) and skips the slicing, merging and decode re-layout. On CUDA every byte
+    crosses to the device either way, and the first start would copy all of it back.
+    """
+    if not requested:
+        return False, None
+    if device_type == "cuda":
+        return False, PREPARED_SKIPPED_ON_CUDA
+    return True, None
 
 
 def prepared_dir(
@@ -126,6 +136,7 @@ def weight_files(
     """The files load-weights opens for this rank (``quantization`` resolved, as
     ``ModelConfig.quantization`` gives it)."""
     parts = known_parts(world_size, device_type)
+    use_prepared, _ = use_prepared_weights(use_prepared, device_type)
     if use_prepared and parts is not None:
         folder = prepared_dir(model_dir, rank, world_size, dtype, device_type, parts, quantization)
         found = prepared_file(folder)

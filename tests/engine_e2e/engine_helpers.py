@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rt.core.discovery import discover
@@ -16,7 +17,9 @@ def start_runtime(model: Path | str, *settings: tuple[str, str]) -> Runtime:
     (``("plugins", "shm-broadcast")`` selects a plugin)."""
     cli = [("model.source", str(model), "test"), ("startup.print_timeline", "false", "test")]
     cli += [(k, v, "test") for k, v in settings]
-    config = load_config(environ={}, cli=cli)
+    # nothing from the environment but the harness's device (tests/conftest.py)
+    device = {k: v for k, v in os.environ.items() if k == "RT_PARALLEL__DEVICE"}
+    config = load_config(environ=device, cli=cli)
     runtime = create_runtime(config, select(discover(), config.plugins), exclude=["frontend"])
     try:
         run_startup(runtime)

@@ -62,7 +62,9 @@ def make_runtime(
         ("plugins", "http", "test"),
     ]
     cli += [(k, v, "test") for k, v in settings]
-    config = load_config(environ={}, cli=cli)
+    # nothing from the environment but the harness's device (tests/conftest.py)
+    device = {k: v for k, v in os.environ.items() if k == "RT_PARALLEL__DEVICE"}
+    config = load_config(environ=device, cli=cli)
     return create_runtime(
         config, select(discover(), config.plugins), extra_plugins=extra_plugins, exclude=exclude
     )

@@ -35,6 +35,11 @@ class Attention(Module):
         self._slots: torch.Tensor | None = None  # [num_slots, 2, Hkv, D] over k/v_cache
         self._slots_of: torch.Tensor | None = None  # the k_cache _slots was made from
 
+    def unbind_cache(self) -> None:
+        """Drop every reference to the bound cache (the kv-cache stage's scratch cache
+        must be freed before the real one is sized)."""
+        self.k_cache = self.v_cache = self._slots = self._slots_of = None
+
     def forward(self, q: torch.Tensor, kv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         # q: [T, Hq, D]; kv: [T, 2, Hkv, D] (this step's K and V) -> out: [T, Hq, D]
         assert self.k_cache is not None, "KV cache not allocated: call allocate_kv_cache first"
@@ -57,26 +62,32 @@ class Attention(Module):
         out = torch.empty_like(q)
         if od is not None:
             out[meta.decode_token_idx] = od.squeeze(2)
+        # Prefill tensors are 4-D with a batch of one: SDPA's flash and memory-efficient
+        # CUDA kernels take only [B, H, L, D] (3-D input falls back to the math kernel).
         for p in meta.prefills:
             rows = slice(p.token_start, p.token_start + p.num_tokens)
-            qp = q[rows].transpose(0, 1)  # [Hq, n, D]
+            qp = q[rows].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
             if p.context_slots is None:
-                kp, vp = kv[rows, 0].transpose(0, 1), kv[rows, 1].transpose(0, 1)  # [Hkv, n, D]
+                kp, vp = kv[rows].permute(1, 2, 0, 3).unsqueeze(1)  # each [1, Hkv, n, D]
                 op = self._sdpa(qp, kp, vp, None, causal=True)
             else:
                 ctx = slots.index_select(0, p.context_slots)  # [L, 2, Hkv, D]
-                kp, vp = ctx[:, 0].transpose(0, 1), ctx[:, 1].transpose(0, 1)  # [Hkv, L, D]
-                op = self._sdpa(qp, kp, vp, p.mask)
-            out[rows] = op.transpose(0, 1)
+                kp, vp = ctx.permute(1, 2, 0, 3).unsqueeze(1)  # each [1, Hkv, L, D]
+                op = self._sdpa(qp, kp, vp, p.mask)  # mask: [n, L], broadcast over B, H
+            out[rows] = op[0].transpose(0, 1)
         return out
 
     def _sdpa(self, q, k, v, mask, causal: bool = False) -> torch.Tensor:
+        # q: [B, Hq, n, D]; k, v: [B, Hkv, L, D] -> [B, Hq, n, D]
+        grouped = self.num_heads != self.num_kv_heads
+        if grouped and q.is_cuda and (mask is not None or q.dtype == torch.float32):
+            # Of CUDA's fused kernels only flash takes grouped heads, and flash takes
+            # neither a mask nor float32: there the memory-efficient kernel must run, and
+            # it does not take grouped heads, so SDPA would fall back to the math kernel
+            # (it materializes [B, Hq, n, L] scores). Repeat K/V per group instead.
+            group = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            grouped = False
         return F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
-            scale=self.scale,
-            enable_gqa=self.num_heads != self.num_kv_heads,
+            q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=grouped
         )
