@@ -229,8 +229,9 @@ def rt_p2p_check(config: Any, runtime: Any) -> Any:
     Example::
 
         @hookimpl
-        def rt_p2p_check(config):
-            return P2PTable.from_hardware_table(TABLE_PATH)
+        def rt_p2p_check(config, runtime):
+            gpus = [str(torch.cuda.get_device_properties(i).uuid) for i in range(n)]
+            return P2PTable(tuple(gpus), my_vendor_table[tuple(gpus)], "hardware-table:mine")
     """
 
 
@@ -313,9 +314,12 @@ def rt_graph_capture(config: Any, runtime: Any) -> Any:
 
         @hookimpl
         def rt_graph_capture(config, runtime):
-            if not torch.cuda.is_available():
-                raise SkipStage("no CUDA device: CUDA graphs need one")
-            return capture(runtime.result("compile"), config.graphs.capture_sizes)
+            target = runtime.result("load-weights")  # an rt.core.graphs.GraphTarget
+            if (why := target.graph_support()) is not None:
+                raise SkipStage(why)  # e.g. "no CUDA device: CUDA graphs need one"
+            for size in sorted(target.prepare_graphs(config.graphs.capture_sizes), reverse=True):
+                target.capture_graph(size)
+            target.use_graphs(lazy=False)
     """
 
 

@@ -55,7 +55,8 @@ class StepExecutor(Protocol):
 
     def drain_events(self) -> list[dict]:
         """Timeline spans (``Span.to_dict()``) rank 0 recorded since the last call: a
-        background compile and the switch to the compiled step."""
+        background compile and the switch to the compiled step, lazy CUDA-graph
+        captures and drops."""
 
     def heartbeat(self) -> None:
         """Tell the ranks the driver is alive but idle: their wait for the next step

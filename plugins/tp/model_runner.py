@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from rt.core.compile import StepFunction
 from rt.core.errors import ModelError
+from rt.core.graphs import GraphCapture
 from rt.core.step import StepMetadata
 from rt.plugins.tp.compiled_step import CompiledSteps, padded
 from rt.plugins.tp.cores import run_with_threads, threads_per_rank
@@ -71,6 +72,9 @@ class ModelRunner:
         # compiled step functions, once the compile stage installs them (compiled_step.py)
         self.compiled = CompiledSteps(compile_sizes)
         self.compiled.rank = ctx.rank
+        # CUDA graphs of the decode step, once the graph-capture stage sets them up
+        # (cuda_graphs.py; a CudaGraphs)
+        self.graphs = None
 
     @property
     def kv_spec(self) -> KVCacheSpec:
@@ -208,6 +212,31 @@ class ModelRunner:
     def install_compiled(self, compiled: Mapping[str, Callable], *, now: bool) -> None:
         self.compiled.install(compiled, now)
 
+    # -- rt.core.graphs.GraphTarget (cuda_graphs.py captures and replays) --
+
+    def graph_support(self) -> str | None:
+        from rt.plugins.tp.cuda_graphs import graph_support
+
+        return graph_support(self)
+
+    def prepare_graphs(self, sizes: Sequence[int]) -> tuple[int, ...]:
+        from rt.plugins.tp.cuda_graphs import CudaGraphs
+
+        # lazy captures' spans reach the driver's timeline with the compile ones
+        self.graphs = CudaGraphs(self, sizes, report=lambda span: self.compiled.events.append(span))
+        return self.graphs.sizes
+
+    def capture_graph(self, size: int) -> GraphCapture:
+        assert self.graphs is not None, "prepare_graphs() first"
+        return self.graphs.capture(size)
+
+    def use_graphs(self, *, lazy: bool) -> None:
+        assert self.graphs is not None, "prepare_graphs() first"
+        self.graphs.use(lazy)
+
+    def graph_pool_bytes(self) -> int:
+        return self.graphs.pool_bytes() if self.graphs is not None else 0
+
     # Two functions with the same body: each compiles into its own code object's cache.
     def _static_body(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions, None)
@@ -233,6 +262,8 @@ class ModelRunner:
         when no sequence samples."""
         assert self.model is not None and self.kv_cache is not None, "load and allocate first"
         self.compiled.maybe_switch(self.ctx)  # background compile: all ranks switch at once
+        if self.graphs is not None:
+            self.graphs.before_step()  # lazy captures, between steps, on every rank alike
         if not step.num_seqs:
             return None
         counts = as_long(step.token_counts)  # [B] new tokens per sequence
@@ -243,9 +274,11 @@ class ModelRunner:
                 f"seq {step.seq_ids[i]} reaches position {int(ends[i])}, past max_model_len="
                 f"{self.model_config.max_model_len} of this model"
             )
-        input_ids = as_long(step.token_ids).to(self.device)  # [T]
-        meta = build_attention_metadata(step, self.block_size, self.device)
-        hidden = self._forward(input_ids, meta)  # [T, H]
+        hidden = self.graphs.replay(step) if self.graphs is not None else None  # [T, H]
+        if hidden is None:
+            input_ids = as_long(step.token_ids).to(self.device)  # [T]
+            meta = build_attention_metadata(step, self.block_size, self.device)
+            hidden = self._forward(input_ids, meta)  # [T, H]
         sample = torch.frombuffer(step.sample, dtype=torch.int8).bool()  # [B]
         if not bool(sample.any()):
             return None
