@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q -c .ci/constraints.tx
 # Every contrib/ package is its own distribution, installed and tested beside rt.
 CONTRIB := $(wildcard contrib/*)
 
-.PHONY: setup serve generate test lint clean
+.PHONY: setup serve generate test lint clean gpu-check
 
 setup: $(VENV)/.rt-installed
 
@@ -31,6 +31,12 @@ generate: setup
 
 test: setup
 	$(PY) -m pytest -q tests $(addsuffix /tests,$(CONTRIB)) $(ARGS)
+
+# On a machine with an NVIDIA GPU: the GPU-marked tests, CPU vs CUDA tokens, TP=2 vs TP=1,
+# rt serve under load; a summary and a CUDA startup timeline (docs/gpu.md). Exits 2 at
+# once without CUDA.
+gpu-check: setup
+	$(PY) tests/gpu_check.py $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check core stages plugins tests contrib

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from rt.core import UsageError
 
 COMPILE_MODES = ("off", "default", "background")
+P2P_MODES = ("check", "cached", "table", "off")
 
 
 def int_list(text: str | int, option: str) -> list[int]:

@@ -9,8 +9,9 @@ the floor (``python -c "import torch"``), the baseline (the same server with
 path, and prints the ratios. ``--cold`` first evicts the model's files from the page
 cache (``posix_fadvise(DONTNEED)``).
 
-``--tp 1,3``, ``--profiles fast-startup,latency`` and ``--compile off,background`` are
-variant axes, measured side by side (see ``startup_variants``). A variant whose
+``--tp 1,3``, ``--profiles fast-startup,latency``, ``--compile off,background`` and
+``--p2p check,cached,table`` (the GPU peer-access check's cost: the ``p2p-check`` stage's
+seconds, and at TP >= 2 on CUDA the wait before NCCL starts) are variant axes, measured side by side (see ``startup_variants``). A variant whose
 compile mode is ``background`` also waits (up to ``--switch-timeout``) for the server
 to switch to the compiled step (``rt_compiled 1`` in ``/metrics``), reports the
 seconds from launch to the switch, and measures decode tokens/s again after it.
@@ -33,7 +34,7 @@ from typing import Any
 
 from rt.core import UsageError
 from rt.core.cli_context import CliContext, dotted_option_pairs, print_table
-from rt.plugins.bench.axes import COMPILE_MODES, cell, int_list, name_list
+from rt.plugins.bench.axes import COMPILE_MODES, P2P_MODES, cell, int_list, name_list
 from rt.plugins.bench.startup_server import floor_once, read_back, serve_once
 from rt.plugins.bench.startup_variants import Variant, build_variants, paired_ratios, ratios
 
@@ -57,6 +58,12 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="MODE[,MODE...]",
         help="compile.mode per variant, side by side: off,background",
+    )
+    p.add_argument(
+        "--p2p",
+        default=None,
+        metavar="MODE[,MODE...]",
+        help="p2p.mode per variant, side by side: check,cached,table (GPU peer-access check)",
     )
     p.add_argument("--runs", type=int, default=5, help="runs per variant (medians are reported)")
     p.add_argument(
@@ -154,7 +161,8 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
         extra += ["--profile", cli.early.profile]
     extra += [a for key, value, _ in dotted_option_pairs(args) for a in ("--set", f"{key}={value}")]
     cold_files = _model_files(cli, args) if args.cold else None
-    variants = build_variants(tps, profiles, modes, args.compare, args.cold)
+    p2p = name_list(args.p2p, "--p2p", P2P_MODES) if args.p2p else None
+    variants = build_variants(tps, profiles, modes, args.compare, args.cold, p2p)
     mode_of = {v.name: _compile_mode(cli, args, v) for v in variants if v.kind != "floor"}
 
     def start(v: Variant, tp: int, cold: list[Path] | None, decode_tokens: int) -> dict:
@@ -163,10 +171,10 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
 
     # One untimed start per profile and compile mode: conversions and caches are made
     # (a background compile is waited for, so its cache is written).
-    primed: dict[tuple[str | None, str | None], Variant] = {}
+    primed: dict[tuple[str | None, str | None, str | None], Variant] = {}
     for v in variants:
         if v.kind == "fast":
-            primed.setdefault((v.profile, v.compile_mode), v)
+            primed.setdefault((v.profile, v.compile_mode, v.p2p_mode), v)
     for v in primed.values():
         start(v, tps[0], None, 0)
     results: dict[str, Any] = {"machine": _machine(), "runs": args.runs, "variants": {}}

@@ -1,7 +1,7 @@
 """The variants of ``rt bench startup`` and the ratios between them.
 
-A variant is one way of starting the server. The axes ``--tp``, ``--profiles`` and
-``--compile`` make a grid of groups (``tp=1 latency compile=off``: only the axes given
+A variant is one way of starting the server. The axes ``--tp``, ``--profiles``,
+``--compile`` and ``--p2p`` make a grid of groups (``tp=1 latency compile=off``: only the axes given
 appear in the name); each group has its ``fast`` variant, with ``--compare`` also a
 ``sequential`` baseline, with ``--cold`` a ``fast cold`` one. Ratios divide median
 first-completion times: within a group (fast / floor, sequential / fast, cold / warm)
@@ -38,6 +38,7 @@ class Variant:
     tp: int = 1
     profile: str | None = None  # from --profiles; None: the invocation's own
     compile_mode: str | None = None  # from --compile; None: what the config says
+    p2p_mode: str | None = None  # from --p2p; None: what the config says
 
     def server_args(self, extra: list[str]) -> list[str]:
         """``rt serve`` arguments beyond the invocation's own ``extra``."""
@@ -46,6 +47,8 @@ class Variant:
             args += ["--profile", self.profile]
         if self.compile_mode is not None:  # after the --set options in extra: it wins
             args += ["--set", f"compile.mode={self.compile_mode}"]
+        if self.p2p_mode is not None:
+            args += ["--set", f"p2p.mode={self.p2p_mode}"]
         if self.kind == "sequential":
             args += BASELINE
         return args
@@ -57,26 +60,29 @@ def build_variants(
     modes: list[str] | None,
     compare: bool,
     cold: bool,
+    p2p_modes: list[str] | None = None,
 ) -> list[Variant]:
     """Every variant of one invocation, in the order each round runs them.
 
     Example: ``build_variants([1], ["latency", "throughput"], None, False, False)`` gives
     ``tp=1 latency fast`` and ``tp=1 throughput fast``."""
     variants = [Variant(FLOOR, "floor", tp=0)] if compare else []
-    for tp, profile, mode in itertools.product(tps, profiles or [None], modes or [None]):
+    grid = itertools.product(tps, profiles or [None], modes or [None], p2p_modes or [None])
+    for tp, profile, mode, p2p in grid:
         group = f"tp={tp}"
         group += f" {profile}" if profile is not None else ""
         group += f" compile={mode}" if mode is not None else ""
+        group += f" p2p={p2p}" if p2p is not None else ""
         kinds = (["sequential"] if compare else []) + ["fast"] + (["cold"] if cold else [])
         for kind in kinds:
             name = f"{group} {'fast cold' if kind == 'cold' else kind}"
-            variants.append(Variant(name, kind, group, tp, profile, mode))
+            variants.append(Variant(name, kind, group, tp, profile, mode, p2p))
     return variants
 
 
 def ratio_terms(variants: list[Variant]) -> list[tuple[str, str, str]]:
     """(label, numerator variant, denominator variant) for each ratio the run can give."""
-    by_key = {(v.tp, v.profile, v.compile_mode, v.kind): v for v in variants}
+    by_key = {(v.tp, v.profile, v.compile_mode, v.p2p_mode, v.kind): v for v in variants}
     fast = [v for v in variants if v.kind == "fast"]
     has_floor = any(v.kind == "floor" for v in variants)
     terms = []
@@ -84,18 +90,20 @@ def ratio_terms(variants: list[Variant]) -> list[tuple[str, str, str]]:
         if has_floor:
             terms.append((f"{v.group} fast / floor", v.name, FLOOR))
         for kind, label in (("sequential", "sequential / fast"), ("cold", "cold / warm")):
-            other = by_key.get((v.tp, v.profile, v.compile_mode, kind))
+            other = by_key.get((v.tp, v.profile, v.compile_mode, v.p2p_mode, kind))
             if other is not None:
                 terms.append((f"{v.group} {label}", other.name, v.name))
     first_tp = fast[0].tp if fast else 0
     first_profile = fast[0].profile if fast else None
+    first_p2p = fast[0].p2p_mode if fast else None
     modes = [v.compile_mode for v in fast]
     base_mode = "off" if "off" in modes else (modes[0] if modes else None)
     for v in fast:
         for base in (
-            (first_tp, v.profile, v.compile_mode),
-            (v.tp, first_profile, v.compile_mode),
-            (v.tp, v.profile, base_mode),
+            (first_tp, v.profile, v.compile_mode, v.p2p_mode),
+            (v.tp, first_profile, v.compile_mode, v.p2p_mode),
+            (v.tp, v.profile, base_mode, v.p2p_mode),
+            (v.tp, v.profile, v.compile_mode, first_p2p),
         ):
             other = by_key.get((*base, "fast"))
             if other is not None and other is not v:

@@ -1,7 +1,9 @@
 """Plugin ``p2p-table``: answers ``rt_p2p_check`` from the hardware table.
 
 Not ``trylast``: once selected it is asked before the built-in ``p2p`` plugin, and
-when it declines (no CUDA, no matching system) the built-in measures as usual.
+when it declines (no CUDA, no matching system) the built-in measures as usual. It
+answers with ``p2p.mode`` ``cached`` (the default) or ``table``; ``check`` asks for a
+measurement at every start, so it steps aside, and ``off`` skips the stage.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def visible_devices() -> tuple[list[str], list[str]]:
 def rt_p2p_check(config: Any) -> P2PTable:
     if config.p2p.mode == "off":
         raise SkipStage("p2p.mode is off")
+    if config.p2p.mode == "check":
+        raise SkipStage("p2p.mode is check: measuring instead of the table")
     names, ids = visible_devices()
     if not names:
         raise SkipStage("no CUDA devices")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from rt.core import ConfigError, Stage, hookimpl
-from rt.core.config import Config, StartupConfig
+from rt.core.config import Config, P2PConfig, StartupConfig
 from rt.core.discovery import Catalog
+from rt.core.p2p import RankP2P, nccl_p2p_plan
 from rt.core.selection import select
 from rt.core.startup import create_runtime, run_startup
 from rt_p2p_table import plugin
@@ -38,6 +39,10 @@ def test_user_table_comes_first_and_may_give_a_matrix(tmp_path, monkeypatch):
     monkeypatch.setenv("RT_P2P_TABLE", str(mine))
     table = lookup(load_systems(), ["NVIDIA H100 80GB HBM3"] * 2, ["a", "b"])
     assert table.source == "hardware-table:lab box" and not table.can_access(0, 1)
+    # what the TP engine makes of it before NCCL starts (rt.core.p2p)
+    assert table.blocked_pairs() == ((0, 1),)
+    ranks = [RankP2P("node", d, table.blocked_pairs()) for d in (0, 1)]
+    assert nccl_p2p_plan(ranks, "node").env == {"NCCL_P2P_DISABLE": "1"}
 
 
 def test_bad_tables_name_the_problem(tmp_path, monkeypatch):
@@ -63,12 +68,12 @@ class MeasuringBuiltin:
         return "measured"
 
 
-def _run(monkeypatch, devices):
+def _run(monkeypatch, devices, mode="cached"):
     monkeypatch.setattr(plugin, "visible_devices", lambda: devices)
     stage = Stage(name="p2p-check", hook="rt_p2p_check")
     builtin = MeasuringBuiltin()
     rt = create_runtime(
-        Config(startup=StartupConfig(print_timeline=False)),
+        Config(startup=StartupConfig(print_timeline=False), p2p=P2PConfig(mode=mode)),
         select(Catalog((), ()), []),
         extra_plugins=[("builtin", builtin), ("p2p-table", plugin)],
         extra_stages=[stage],
@@ -82,6 +87,19 @@ def test_a_known_system_is_answered_from_the_table(monkeypatch):
     assert rt.results["p2p-check"].source.startswith("hardware-table:")
     span = next(s for s in rt.timeline.stage_spans() if s.stage == "p2p-check")
     assert span.plugin == "p2p-table" and builtin.calls == 0, "the built-in never probed"
+
+
+@pytest.mark.parametrize("mode", ["cached", "table"])
+def test_the_table_answers_in_cached_and_table_modes(monkeypatch, mode):
+    rt, builtin = _run(monkeypatch, (["NVIDIA H100 80GB HBM3"] * 8, list("abcdefgh")), mode)
+    assert rt.results["p2p-check"].source.startswith("hardware-table:") and builtin.calls == 0
+
+
+def test_check_mode_measures_even_on_a_known_system(monkeypatch):
+    rt, builtin = _run(monkeypatch, (["NVIDIA H100 80GB HBM3"] * 8, list("abcdefgh")), "check")
+    assert rt.results["p2p-check"] == "measured" and builtin.calls == 1
+    span = next(s for s in rt.timeline.stage_spans() if s.stage == "p2p-check")
+    assert "p2p-table: p2p.mode is check" in span.reason
 
 
 def test_an_unknown_system_falls_back_to_measuring(monkeypatch):
