@@ -11,94 +11,16 @@ or, with ``parallel.rank0 = "process"``, in a worker process of its own.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import attrs
 from rt.core import hookimpl, note
-from rt.core.config import parse_bytes
 from rt.core.errors import ConfigError
 
-ENGINE_COMMANDS = ("serve", "generate", "worker", "bench generate", "bench startup")
-# The KV cache budget when cache.memory is "auto" on a CPU.
-CPU_KV_BUDGET = 512 * 1024 * 1024
+# The command line's hooks live beside this module; pluggy finds them here too.
+from rt.plugins.tp.cli_options import rt_add_options, rt_register_commands  # noqa: F401
+
 WARMUP_TIMEOUT_S = 600
-
-
-@hookimpl
-def rt_add_options(parser: argparse.ArgumentParser, command: str) -> None:
-    if command not in ENGINE_COMMANDS:
-        return
-    group = parser.add_argument_group("model and engine")
-    S = argparse.SUPPRESS
-    group.add_argument(
-        "--dtype",
-        dest="model.dtype",
-        default=S,
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="weights and activations dtype",
-    )
-    group.add_argument(
-        "--quantization",
-        dest="model.quantization",
-        default=S,
-        choices=("auto", "none", "int4"),
-        help="weight-only int4 on CPU ranks (auto: for a checkpoint converted from Q4_1 GGUF)",
-    )
-    group.add_argument(
-        "--revision", dest="model.revision", default=S, help="hub revision (branch, tag or commit)"
-    )
-    group.add_argument(
-        "--download-dir",
-        dest="model.download_dir",
-        default=S,
-        help="Hugging Face cache folder to resolve hub ids in",
-    )
-    group.add_argument(
-        "--max-model-len",
-        dest="model.max_model_len",
-        type=int,
-        default=S,
-        help="longest prompt + output, in tokens (default: the model's)",
-    )
-    group.add_argument(
-        "--kv-cache-memory",
-        dest="cache.memory",
-        default=S,
-        metavar="SIZE",
-        help="KV cache budget, e.g. 512MiB (default: auto)",
-    )
-
-
-@hookimpl
-def rt_register_commands(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "worker", help="join a TP group as one rank, from another node (see docs/architecture.md)"
-    )
-    p.add_argument("model", nargs="?", default=None, help="the same model the driver serves")
-    p.add_argument("--rank", type=int, required=True, help="this rank (1..tp-1)")
-    p.add_argument("--tp", dest="parallel.tp", type=int, required=True, help="the TP size")
-    p.add_argument("--master-addr", dest="parallel.master_addr", required=True)
-    p.add_argument("--master-port", dest="parallel.master_port", type=int, required=True)
-    p.set_defaults(handler=_worker_command)
-
-
-def _worker_command(args: argparse.Namespace, cli: Any) -> int:
-    from rt.plugins.tp.model_source import resolve_model
-    from rt.plugins.tp.rank_main import RankSpec, rank_main
-
-    extra = [("model.source", args.model, "MODEL")] if args.model else []
-    config = cli.config(args, extra)
-    p = config.parallel
-    if not 0 < args.rank < p.tp:
-        raise ConfigError(
-            f"--rank {args.rank} is not a worker rank of --tp {p.tp}: use 1..{p.tp - 1}"
-        )
-    m = config.model
-    model = resolve_model(m.source, m.revision, m.download_dir, m.allow_download)
-    config = attrs.evolve(config, model=attrs.evolve(m, source=str(model.path)))
-    rank_main(RankSpec(args.rank, p.tp, p.master_addr, p.master_port, config, cli.selection), None)
-    return 0
 
 
 @hookimpl(trylast=True)
@@ -142,12 +64,18 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
     # parallel.rank0 = "process": rank 0 is a worker too, and this process never
     # imports torch (it serves HTTP, tokenizes, schedules).
     rank0_here = config.parallel.rank0 == "driver"
+    # One GPU per rank on this node: refuse before any rank starts (each rank checks
+    # again). Without torch when rank 0 runs in its own process (device_plan.py).
+    from rt.plugins.tp.device_plan import check_gpus_for_ranks
+
+    local = min(config.parallel.local_ranks or tp, tp)
+    check_gpus_for_ranks(local, config.parallel.device, use_torch=rank0_here)
     device = None
     if rank0_here:
         import torch
         from rt.plugins.tp.distributed import pick_device
 
-        device = pick_device(0)
+        device = pick_device(0, config.parallel.device, local_rank=0)
         runtime.services["device"] = device
         # Only the engine's step loop runs torch on several threads (bind_compute_thread).
         torch.set_num_threads(1)
@@ -256,44 +184,41 @@ def _parallel_context(config: Any, runtime: Any) -> Any:
     )
 
 
-def _dtype(config: Any, device: Any) -> Any:
+def _dtype(config: Any, device: Any, checkpoint_dtype: str) -> Any:
+    """``model.dtype`` resolved for this rank (device_plan.resolve_dtype_name)."""
     import torch
+    from rt.plugins.tp.device_plan import resolve_dtype_name
 
-    if config.model.dtype != "auto":
-        return getattr(torch, config.model.dtype)
-    return None  # the checkpoint's own dtype (see ModelRunner)
+    return getattr(torch, resolve_dtype_name(config.model.dtype, checkpoint_dtype, device.type))
 
 
 @hookimpl(trylast=True)
 def rt_load_weights(config: Any, runtime: Any) -> Any:
+    from rt.plugins.tp.distributed import describe_device
+    from rt.plugins.tp.model_config import ModelConfig
     from rt.plugins.tp.model_runner import ModelRunner
+    from rt.plugins.tp.weights_plan import use_prepared_weights
 
+    device = runtime.services["device"]
+    note("device", describe_device(device))
     path = runtime.result("model").path if runtime.is_driver else config.model.source
     runner = ModelRunner(
         path,
         _parallel_context(config, runtime),
-        _dtype(config, runtime.services["device"]),
+        _dtype(config, device, ModelConfig.from_dir(path).dtype),
         block_size=config.cache.block_size,
         quantization=config.model.quantization,
         compile_sizes=config.compile.batch_sizes,
     )
-    note("from", runner.load_weights(use_prepared=config.model.prepared_cache))
+    use_prepared, why_not = use_prepared_weights(config.model.prepared_cache, device.type)
+    if why_not is not None:
+        note("prepared_weights", why_not)
+    note("from", runner.load_weights(use_prepared=use_prepared))
     note("quantization", runner.describe_quantization())
     note("layout", runner.layout.describe())
     note("param_bytes", runner.param_bytes())
     note("dtype", str(runner.dtype).removeprefix("torch."))
     return runner
-
-
-def _kv_budget(config: Any, device: Any) -> int:
-    import torch
-
-    if config.cache.memory != "auto":
-        return parse_bytes(config.cache.memory)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * config.cache.gpu_memory_fraction)
-    return CPU_KV_BUDGET
 
 
 @attrs.frozen
@@ -306,11 +231,17 @@ class KVCacheInfo:
 @hookimpl(trylast=True)
 def rt_allocate_kv_cache(config: Any, runtime: Any) -> KVCacheInfo:
     import torch
+    from rt.plugins.tp.memory_profile import kv_cache_budget
+    from rt.plugins.tp.p2p_apply import configure_nccl_p2p
 
     runner = runtime.result("load-weights")
-    num_blocks = runner.kv_spec.num_blocks_for_budget(
-        _kv_budget(config, runtime.services["device"])
-    )
+    configure_nccl_p2p(config, runtime)  # before NCCL's first collective: the profiling prefill
+    # on CUDA: profiling forwards first (memory_profile.py), which also build the
+    # Triton KV store's kernel
+    budget, notes = kv_cache_budget(config, runner)
+    for key, value in notes.items():
+        note(key, value)
+    num_blocks = runner.kv_spec.num_blocks_for_budget(budget)
     if runtime.world_size > 1:
         # Every rank must hold the same number of blocks: agree on the smallest.
         import torch.distributed as dist
@@ -324,6 +255,13 @@ def rt_allocate_kv_cache(config: Any, runtime: Any) -> KVCacheInfo:
     info = KVCacheInfo(num_blocks, runner.block_size, num_blocks * runner.kv_bytes_per_block())
     note("blocks", num_blocks)
     note("bytes", info.bytes)
+    if runner.device.type == "cuda":
+        from rt.plugins.tp.layers import kv_store
+
+        spec = runner.kv_spec
+        note(
+            "kv_store", kv_store.probe(runner.device, spec.num_kv_heads, spec.head_dim, spec.dtype)
+        )
     return info
 
 
@@ -348,7 +286,17 @@ def rt_warmup(config: Any, runtime: Any) -> Any:
         raise RuntimeError(f"warm-up request failed: {out.error}")
     runtime.services["engine"] = engine
     note("tokens", len(out.token_ids))
+    _note_kv_store_fallback()
     return "engine"
+
+
+def _note_kv_store_fallback() -> None:
+    """The Triton KV store may first fail in a step (a new shape): say so here too."""
+    import sys
+
+    kv_store = sys.modules.get("rt.plugins.tp.layers.kv_store")  # not loaded: no torch here
+    if kv_store is not None and kv_store.RECORD.fallback is not None:
+        note("kv_store", kv_store.RECORD.describe())
 
 
 @hookimpl
