@@ -12,6 +12,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from rt.core.build_once import build_once
 from rt.core.cli import main
 from rt.core.compile_cache import (
     ARTIFACTS,
@@ -25,7 +26,6 @@ from rt.core.compile_cache import (
     write_manifest,
 )
 from rt.plugins.cache_cli import human_bytes
-from rt.core.build_once import build_once
 
 PREPARED = "tiny-0123456789abcdef/rank0-of-1"
 

@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from rt.core.errors import ModelError
 from rt.core.build_once import build_once, is_complete
+from rt.core.errors import ModelError
 
 log = logging.getLogger("rt.cache")
 

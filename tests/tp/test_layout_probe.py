@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from rt.plugins.tp import layout_probe
 from rt.core.build_once import MARKER
+from rt.plugins.tp import layout_probe
 from rt.plugins.tp.layout_probe import BLOCKS_MIN_GAIN, choose, known_parts, probe_path
 from rt.plugins.tp.weights_plan import (
     PREPARED_FILE,

@@ -11,9 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from rt.core.build_once import MARKER, build_once, is_complete
 from rt.core.errors import ModelError
 from rt.plugins.tp import cache_fallback, gguf_convert
-from rt.core.build_once import MARKER, build_once, is_complete
 from rt.plugins.tp.cache_fallback import build_with_fallback
 from rt.plugins.tp.gguf_convert import ensure_default_model
 from rt.plugins.tp.tokenizer import Tokenizer
