@@ -5,7 +5,8 @@ One entry per rank and key under the compile cache root (``compile.cache_dir``, 
 
     <root>/<model>-<digest>/
         manifest.json    the CompileKey, when it was written, the compile seconds
-        inductor/        TORCHINDUCTOR_CACHE_DIR: Inductor's FX graph and AOTAutograd caches
+        inductor/        TORCHINDUCTOR_CACHE_DIR: Inductor's FX graph and AOTAutograd caches,
+                         kernels, and precompiled_headers/ (plugins/compile.py)
         triton/          TRITON_CACHE_DIR (CUDA kernels)
         artifacts.bin    torch.compiler.save_cache_artifacts(): the portable "mega-cache"
 

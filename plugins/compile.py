@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +118,7 @@ def _use_entry(folder: Path) -> str:
     warm = inductor.is_dir() and any(inductor.iterdir())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor)
     os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
+    _headers_in(inductor / "precompiled_headers")
     if warm:
         return "warm"
     artifacts = folder / ARTIFACTS
@@ -130,30 +130,17 @@ def _use_entry(folder: Path) -> str:
     return "cold"
 
 
-def inductor_settings(cache: str) -> dict[str, Any]:
-    """Inductor settings for compiling from an entry that held ``cache``.
+def _headers_in(folder: Path) -> None:
+    """Keep Inductor's precompiled C++ kernel header in the entry. Inductor builds it
+    under TMPDIR, outside its cache folder, and builds it before it looks for a compiled
+    kernel: an entry imported on a machine that never compiled (or whose TMPDIR was
+    emptied) paid ~8 s of a ~35 s compile stage for it on a 2-core EPYC, though every
+    kernel was in the entry. In the entry it is exported and imported with the kernels.
+    (Turning the header off instead changes Inductor's cache key: a full recompile.)"""
+    from torch._inductor import codecache
 
-    An entry found warm or imported holds its C++ kernels already, but Inductor builds
-    its precompiled kernel header (in a folder under TMPDIR, not the entry) before it
-    looks for a built kernel: on a machine that never compiled (an imported entry) that
-    cost ~8 s of a ~35 s compile stage on a 2-core EPYC, and where the header exists it
-    is still preprocessed once per process. Without it a kernel missing from the entry
-    compiles slower, into the same kernel (its cache key leaves the header out)."""
-    return {"cpp_cache_precompile_headers": False} if cache != "cold" else {}
-
-
-def _with_settings(fn: Callable[..., Any], settings: dict[str, Any]) -> Callable[..., Any]:
-    """``fn`` run with Inductor ``settings``. Inductor's settings are per thread, and the
-    target may warm on a thread of its own: the settings go with each call."""
-    if not settings:
-        return fn
-    from torch._inductor import config
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        with config.patch(settings):
-            return fn(*args, **kwargs)
-
-    return call
+    codecache._HEADER_DIR = str(folder)
+    codecache._HEADER_LOCK_DIR = str(folder / "locks")
 
 
 def compile_target(
@@ -167,7 +154,7 @@ def compile_target(
     compiled = {}
     for f in target.step_functions():
         compiled[f.name] = torch.compile(f.fn, dynamic=f.dynamic)
-        target.warm(f.name, _with_settings(compiled[f.name], inductor_settings(cache)))
+        target.warm(f.name, compiled[f.name])
     seconds = time.perf_counter() - start
     target.install_compiled(compiled, now=now)
     note("seconds", round(seconds, 2))

@@ -67,7 +67,8 @@ def entry_files(folder: Path) -> list[Path]:
     """What an entry exports: its manifest, artifacts.bin and its inductor/ and triton/
     trees; nothing when it has neither artefacts nor an Inductor cache (it would be of no
     use elsewhere). The trees go too: imported from artifacts.bin alone, the default
-    model's compile stage took 56 s, with the trees 40-42 s (docs/benchmarks.md).
+    model's compile stage took 56 s, with the trees what a warm cache takes
+    (docs/benchmarks.md).
     """
     artifacts = [folder / ARTIFACTS] if (folder / ARTIFACTS).is_file() else []
     trees = [*_files(folder / "inductor"), *_files(folder / "triton")]
