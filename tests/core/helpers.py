@@ -28,3 +28,15 @@ def runtime_with(
     extra = list(plugins) + ([("timing", timing)] if with_timing else [])
     config = Config(startup=StartupConfig(sequential=sequential, print_timeline=False))
     return create_runtime(config, select(EMPTY, []), extra_plugins=extra, extra_stages=stages)
+
+
+class LoadedRuntime:
+    """A stand-in runtime for a stage hook that only asks for the ``load-weights``
+    result (the compile and graph-capture plugins' protocols): ``target`` is it."""
+
+    def __init__(self, target: object) -> None:
+        self.target = target
+
+    def result(self, stage: str) -> object:
+        assert stage == "load-weights"
+        return self.target

@@ -12,6 +12,8 @@ from rt.core.compile import CompileTarget, StepFunction, compile_state
 from rt.core.stage import SkipStage
 from rt.core.timeline import Timeline
 
+from .helpers import LoadedRuntime
+
 
 class FailingTarget:
     """A third-party target whose warm-up fails (a compiler that cannot build)."""
@@ -48,15 +50,6 @@ class _Config:
     compile: _Compile
 
 
-class _Runtime:
-    def __init__(self, target) -> None:
-        self.target = target
-
-    def result(self, stage: str):
-        assert stage == "load-weights"
-        return self.target
-
-
 def test_a_target_is_recognised_by_its_methods_alone():
     assert isinstance(FailingTarget(), CompileTarget)
     assert not isinstance(object(), CompileTarget)
@@ -66,9 +59,9 @@ def test_off_and_a_model_without_step_functions_are_recorded_skips(tmp_path):
     from rt.plugins.compile import rt_compile
 
     with pytest.raises(SkipStage, match="compile.mode is off"):
-        rt_compile(_Config(_Compile("off", str(tmp_path))), _Runtime(FailingTarget()))
+        rt_compile(_Config(_Compile("off", str(tmp_path))), LoadedRuntime(FailingTarget()))
     with pytest.raises(SkipStage, match="offers no step functions"):
-        rt_compile(_Config(_Compile("default", str(tmp_path))), _Runtime(object()))
+        rt_compile(_Config(_Compile("default", str(tmp_path))), LoadedRuntime(object()))
 
 
 def test_a_failed_background_compile_is_logged_and_installs_nothing(tmp_path, caplog):
@@ -77,7 +70,7 @@ def test_a_failed_background_compile_is_logged_and_installs_nothing(tmp_path, ca
     target = FailingTarget()
     config = _Config(_Compile("background", str(tmp_path)))
     with caplog.at_level(logging.ERROR, logger="rt.compile"):
-        result = rt_compile(config, _Runtime(target))  # returns while compiling
+        result = rt_compile(config, LoadedRuntime(target))  # returns while compiling
         assert result.mode == "background" and result.cache == "cold"
         assert target.warmed.wait(60)
         threads = [t for t in threading.enumerate() if t.name == "rt-compile"]
@@ -91,7 +84,7 @@ def test_a_failed_default_compile_fails_the_stage(tmp_path):
     from rt.plugins.compile import rt_compile
 
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
-        rt_compile(_Config(_Compile("default", str(tmp_path))), _Runtime(FailingTarget()))
+        rt_compile(_Config(_Compile("default", str(tmp_path))), LoadedRuntime(FailingTarget()))
 
 
 def _span(timeline: Timeline, plugin: str, kind: str, **notes) -> None:

@@ -21,6 +21,8 @@ from rt.core.graphs import (
 )
 from rt.core.stage import SkipStage
 
+from .helpers import LoadedRuntime
+
 
 def test_docstring_examples():
     assert doctest.testmod(graphs).failed == 0
@@ -177,15 +179,6 @@ class _Config:
     scheduler: _Scheduler = _Scheduler()
 
 
-class _Runtime:
-    def __init__(self, target) -> None:
-        self.target = target
-
-    def result(self, stage: str):
-        assert stage == "load-weights"
-        return self.target
-
-
 def test_a_target_is_recognised_by_its_methods_alone():
     assert isinstance(FakeTarget(), GraphTarget)
     assert not isinstance(object(), GraphTarget)
@@ -195,12 +188,12 @@ def test_off_no_target_and_no_cuda_are_recorded_skips():
     from rt.plugins.graphs import rt_graph_capture
 
     with pytest.raises(SkipStage, match="graphs.mode is off"):
-        rt_graph_capture(_Config(_Graphs("off")), _Runtime(FakeTarget()))
+        rt_graph_capture(_Config(_Graphs("off")), LoadedRuntime(FakeTarget()))
     with pytest.raises(SkipStage, match="offers no decode step"):
-        rt_graph_capture(_Config(), _Runtime(object()))
+        rt_graph_capture(_Config(), LoadedRuntime(object()))
     reason = "no CUDA device: CUDA graphs need one"
     with pytest.raises(SkipStage, match=reason):
-        rt_graph_capture(_Config(), _Runtime(FakeTarget(support=reason)))
+        rt_graph_capture(_Config(), LoadedRuntime(FakeTarget(support=reason)))
 
 
 def test_eager_captures_every_size_largest_first_then_uses_them():
@@ -208,7 +201,7 @@ def test_eager_captures_every_size_largest_first_then_uses_them():
 
     target = FakeTarget(fail=(2,))
     config = _Config(_Graphs("eager", (8, 1, 2, 4, 128)), _Scheduler(8))
-    result = rt_graph_capture(config, _Runtime(target))
+    result = rt_graph_capture(config, LoadedRuntime(target))
     assert target.calls == [
         ("prepare", (1, 2, 4, 8)),  # 128 is above max_num_seqs: dropped
         ("capture", 8), ("capture", 4), ("capture", 2), ("capture", 1),
@@ -222,6 +215,6 @@ def test_lazy_captures_nothing_in_the_stage():
     from rt.plugins.graphs import rt_graph_capture
 
     target = FakeTarget()
-    result = rt_graph_capture(_Config(), _Runtime(target))
+    result = rt_graph_capture(_Config(), LoadedRuntime(target))
     assert target.calls == [("prepare", (1, 2, 4, 8)), ("use", True)]
     assert result.mode == "lazy" and result.captured == ()
