@@ -83,6 +83,14 @@ def add_startup_options(parser: argparse.ArgumentParser) -> None:
         help="run the startup stages one at a time (the baseline)",
     )
     group.add_argument(
+        "--no-zygote",
+        dest="zygote.use",
+        action="store_const",
+        const="off",
+        default=argparse.SUPPRESS,
+        help="start the rank processes without asking a zygote (`rt zygote start`)",
+    )
+    group.add_argument(
         "--offline",
         dest="model.offline",
         action="store_const",
@@ -99,6 +107,8 @@ def _early_args(argv: Sequence[str]) -> tuple[argparse.Namespace, str]:
     # The one dedicated flag that decides what may start at CLI entry (rt_cli_start):
     # the sequential baseline overlaps nothing, so its imports must not start early.
     parser.add_argument("--sequential-startup", dest="sequential_startup", action="store_true")
+    # So is --no-zygote: at CLI entry a zygote, asked first, stands in for the forkserver.
+    parser.add_argument("--no-zygote", dest="no_zygote", action="store_true")
     early, rest = parser.parse_known_args(list(argv))
     command = next((a for a in rest if not a.startswith("-")), "")
     return early, command
@@ -108,6 +118,8 @@ def _early_pairs(early: argparse.Namespace) -> list[tuple[str, object, str]]:
     pairs = config_option_pairs(early)
     if early.sequential_startup:
         pairs.append(("startup.sequential", True, "--sequential-startup"))
+    if early.no_zygote:
+        pairs.append(("zygote.use", "off", "--no-zygote"))
     return pairs
 
 

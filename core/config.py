@@ -162,6 +162,14 @@ class ServerConfig:
 
 
 @attrs.frozen
+class ZygoteConfig:
+    # "auto": `rt serve` / `rt generate` fork their rank processes from this user's
+    # zygote for RT_CACHE_DIR (`rt zygote start`) when one answers and is current, else
+    # start them as without one; "off" (`--no-zygote`): never ask one.
+    use: str = attrs.field(default="auto", validator=in_(("auto", "off")))
+
+
+@attrs.frozen
 class Config:
     """The whole resolved configuration of one runtime. ``plugins`` is the plugin
     selection spec (names and ``no:NAME`` blocks) accumulated over all sources."""
@@ -177,6 +185,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     server: ServerConfig = ServerConfig()
+    zygote: ZygoteConfig = ZygoteConfig()
 
 
 SECTIONS: dict[str, type] = {

@@ -11,7 +11,10 @@ cache (``posix_fadvise(DONTNEED)``).
 
 ``--tp 1,3``, ``--profiles fast-startup,latency``, ``--compile off,background`` and
 ``--p2p check,cached,table`` (the GPU peer-access check's cost: the ``p2p-check`` stage's
-seconds, and at TP >= 2 on CUDA the wait before NCCL starts) are variant axes, measured side by side (see ``startup_variants``). A variant whose
+seconds, and at TP >= 2 on CUDA the wait before NCCL starts) are variant axes, measured side by side (see ``startup_variants``).
+``--zygote`` adds, per group, a start whose ranks fork from a running zygote (started
+for the invocation, see ``startup_zygote``), beside the floor and the fast path, and
+reports the zygote's resident memory. A variant whose
 compile mode is ``background`` also waits (up to ``--switch-timeout``) for the server
 to switch to the compiled step (``rt_compiled 1`` in ``/metrics``), reports the
 seconds from launch to the switch, and measures decode tokens/s again after it.
@@ -37,6 +40,8 @@ from rt.core.cli_context import CliContext, dotted_option_pairs, print_table
 from rt.plugins.bench.axes import COMPILE_MODES, P2P_MODES, cell, int_list, name_list
 from rt.plugins.bench.startup_server import floor_once, read_back, serve_once
 from rt.plugins.bench.startup_variants import Variant, build_variants, paired_ratios, ratios
+from rt.plugins.bench.startup_zygote import BenchZygote, server_env
+from rt.plugins.bench.startup_zygote import describe as describe_zygote
 
 
 def register(subparsers: Any) -> None:
@@ -89,6 +94,12 @@ def register(subparsers: Any) -> None:
         "--compare",
         action="store_true",
         help="also run the floor and the baseline (--sequential-startup, no prepared weights)",
+    )
+    p.add_argument(
+        "--zygote",
+        action="store_true",
+        help="also start with a running zygote (rt zygote start), beside the floor and the "
+        "fast path; reports the zygote's resident memory",
     )
     p.add_argument("--json", action="store_true", help="print every run's figures as JSON")
     p.set_defaults(handler=bench_startup)
@@ -162,12 +173,14 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
     extra += [a for key, value, _ in dotted_option_pairs(args) for a in ("--set", f"{key}={value}")]
     cold_files = _model_files(cli, args) if args.cold else None
     p2p = name_list(args.p2p, "--p2p", P2P_MODES) if args.p2p else None
-    variants = build_variants(tps, profiles, modes, args.compare, args.cold, p2p)
+    zygote = getattr(args, "zygote", False)
+    variants = build_variants(tps, profiles, modes, args.compare, args.cold, p2p, zygote)
     mode_of = {v.name: _compile_mode(cli, args, v) for v in variants if v.kind != "floor"}
 
     def start(v: Variant, tp: int, cold: list[Path] | None, decode_tokens: int) -> dict:
         switch = args.switch_timeout if mode_of[v.name] == "background" else None
-        return serve_once(args.model, tp, v.server_args(extra), cold, decode_tokens, switch)
+        with server_env(v.server_env()):
+            return serve_once(args.model, tp, v.server_args(extra), cold, decode_tokens, switch)
 
     # One untimed start per profile and compile mode: conversions and caches are made
     # (a background compile is waited for, so its cache is written).
@@ -180,15 +193,23 @@ def bench_startup(args: argparse.Namespace, cli: CliContext) -> int:
     results: dict[str, Any] = {"machine": _machine(), "runs": args.runs, "variants": {}}
     all_runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     model_files = cold_files if cold_files is not None else _model_files(cli, args)
-    for _ in range(args.runs):
-        for v in variants:
-            if v.kind != "cold":
-                _read_back(model_files)  # warm means warm, whatever ran before
-            if v.kind == "floor":
-                all_runs[v.name].append(floor_once())
-            else:
-                cold = cold_files if v.kind == "cold" else None
-                all_runs[v.name].append(start(v, v.tp, cold, args.decode_tokens))
+    # after the priming starts, which make the caches the zygote's ranks will map too
+    beside = BenchZygote([a for a in extra if a != "--no-zygote"]) if zygote else None
+    try:
+        for _ in range(args.runs):
+            for v in variants:
+                if v.kind != "cold":
+                    _read_back(model_files)  # warm means warm, whatever ran before
+                if v.kind == "floor":
+                    all_runs[v.name].append(floor_once())
+                else:
+                    cold = cold_files if v.kind == "cold" else None
+                    all_runs[v.name].append(start(v, v.tp, cold, args.decode_tokens))
+    finally:
+        if beside is not None:
+            beside.finish()
+    if beside is not None:
+        results["zygote"] = beside.summary()
     for v in variants:
         results["variants"][v.name] = summarize(all_runs[v.name], mode_of.get(v.name))
     results["ratios"] = ratios(results["variants"], variants)
@@ -275,6 +296,8 @@ def print_results(r: dict[str, Any]) -> None:
             ["stage", *(f"#{n}" for n, _ in staged)],
             [[k, *(cell(stages.get(k)) for _, stages in staged)] for k in names],
         )
+    if r.get("zygote"):
+        print(describe_zygote(r["zygote"]))
     paired = r.get("ratios_paired", {})
     for name, value in r["ratios"].items():
         also = f"  (median of per-round ratios {paired[name]}x)" if name in paired else ""

@@ -3,10 +3,13 @@
 A variant is one way of starting the server. The axes ``--tp``, ``--profiles``,
 ``--compile`` and ``--p2p`` make a grid of groups (``tp=1 latency compile=off``: only the axes given
 appear in the name); each group has its ``fast`` variant, with ``--compare`` also a
-``sequential`` baseline, with ``--cold`` a ``fast cold`` one. Ratios divide median
-first-completion times: within a group (fast / floor, sequential / fast, cold / warm)
-and between groups that differ on one axis (against the axis's first value; for
-``--compile`` against ``off`` when it is among them).
+``sequential`` baseline, with ``--cold`` a ``fast cold`` one, with ``--zygote`` a
+``zygote`` one (ranks forked from a running zygote; every other variant runs with
+``zygote.use = off``, so a zygote left running never moves their figures). Ratios divide median
+first-completion times: within a group (fast / floor, sequential / fast, cold / warm,
+zygote / floor, zygote / fast) and between groups that differ on one axis (against the
+axis's first value; for ``--compile`` against ``off`` when it is among them), fast
+against fast and zygote against zygote.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ BASELINE = [
 @attrs.frozen
 class Variant:
     name: str
-    kind: str  # floor, sequential, fast, cold
+    kind: str  # floor, sequential, fast, cold, zygote
     group: str = ""  # the name without the kind: "tp=1 latency"
     tp: int = 1
     profile: str | None = None  # from --profiles; None: the invocation's own
@@ -53,6 +56,11 @@ class Variant:
             args += BASELINE
         return args
 
+    def server_env(self) -> dict[str, str]:
+        """Environment settings of the variant's server: only the zygote variant may
+        ask a zygote (``RT_ZYGOTE__USE``, below any ``--set`` in precedence)."""
+        return {"RT_ZYGOTE__USE": "auto" if self.kind == "zygote" else "off"}
+
 
 def build_variants(
     tps: list[int],
@@ -61,12 +69,14 @@ def build_variants(
     compare: bool,
     cold: bool,
     p2p_modes: list[str] | None = None,
+    zygote: bool = False,
 ) -> list[Variant]:
-    """Every variant of one invocation, in the order each round runs them.
+    """Every variant of one invocation, in the order each round runs them. ``zygote``
+    adds a ``zygote`` variant per group, and the floor, which it is measured against.
 
     Example: ``build_variants([1], ["latency", "throughput"], None, False, False)`` gives
     ``tp=1 latency fast`` and ``tp=1 throughput fast``."""
-    variants = [Variant(FLOOR, "floor", tp=0)] if compare else []
+    variants = [Variant(FLOOR, "floor", tp=0)] if compare or zygote else []
     grid = itertools.product(tps, profiles or [None], modes or [None], p2p_modes or [None])
     for tp, profile, mode, p2p in grid:
         group = f"tp={tp}"
@@ -74,6 +84,7 @@ def build_variants(
         group += f" compile={mode}" if mode is not None else ""
         group += f" p2p={p2p}" if p2p is not None else ""
         kinds = (["sequential"] if compare else []) + ["fast"] + (["cold"] if cold else [])
+        kinds += ["zygote"] if zygote else []
         for kind in kinds:
             name = f"{group} {'fast cold' if kind == 'cold' else kind}"
             variants.append(Variant(name, kind, group, tp, profile, mode, p2p))
@@ -93,21 +104,29 @@ def ratio_terms(variants: list[Variant]) -> list[tuple[str, str, str]]:
             other = by_key.get((v.tp, v.profile, v.compile_mode, v.p2p_mode, kind))
             if other is not None:
                 terms.append((f"{v.group} {label}", other.name, v.name))
+        zygote = by_key.get((v.tp, v.profile, v.compile_mode, v.p2p_mode, "zygote"))
+        if zygote is not None:
+            if has_floor:
+                terms.append((f"{v.group} zygote / floor", zygote.name, FLOOR))
+            terms.append((f"{v.group} zygote / fast", zygote.name, v.name))
     first_tp = fast[0].tp if fast else 0
     first_profile = fast[0].profile if fast else None
     first_p2p = fast[0].p2p_mode if fast else None
     modes = [v.compile_mode for v in fast]
     base_mode = "off" if "off" in modes else (modes[0] if modes else None)
-    for v in fast:
+    for v in [v for v in variants if v.kind in ("fast", "zygote")]:
+        suffix = " zygote" if v.kind == "zygote" else ""
         for base in (
             (first_tp, v.profile, v.compile_mode, v.p2p_mode),
             (v.tp, first_profile, v.compile_mode, v.p2p_mode),
             (v.tp, v.profile, base_mode, v.p2p_mode),
             (v.tp, v.profile, v.compile_mode, first_p2p),
         ):
-            other = by_key.get((*base, "fast"))
+            other = by_key.get((*base, v.kind))
             if other is not None and other is not v:
-                terms.append((f"{v.group} / {other.group}", v.name, other.name))
+                label = f"{v.group}{suffix} / {other.group}{suffix}"
+                if label not in {t[0] for t in terms}:
+                    terms.append((label, v.name, other.name))
     return terms
 
 

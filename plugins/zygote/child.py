@@ -1,0 +1,217 @@
+"""What runs in the processes a zygote forks for one request: a nanny, and the rank.
+
+The zygote forks a **nanny**, which takes on the caller's working directory,
+environment, umask, resource limits and standard streams, then forks the **rank** (so
+the rank inherits all of it) and stays its parent:
+
+- it writes the rank's pid, and later its exit status, to the caller's status pipe
+  (what multiprocessing's forkserver writes: the caller's ``Process`` reads them, so
+  ``exitcode``, ``join`` and the sentinel work as for any forkserver child, and the
+  zygote's own death changes nothing for a running rank);
+- it watches the caller: the caller holds the data pipe's write end as long as it
+  holds the ``Process`` (multiprocessing keeps a copy for the child's
+  ``parent_process()``), so the pipe hangs up when the caller dies, however it dies;
+  the nanny then kills the rank. ``PR_SET_PDEATHSIG`` could not do this: the rank's
+  parent is not the caller.
+- the rank's own ``PR_SET_PDEATHSIG`` (``rank_main`` sets one) names the nanny, not
+  the zygote, so stopping or losing the zygote never kills a serving rank.
+
+The rank then runs what multiprocessing's forkserver child runs: it reads the
+preparation data and the pickled ``Process`` from the data pipe and bootstraps it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import select
+import signal
+import sys
+import traceback
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def _prctl(option: int, value: Any) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the nanny's watch still ends the rank with its caller
+
+
+def split_fds(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    """Name the descriptors of a fork request, in the order the caller sent them:
+    its standard streams (those it has), the data pipe's read end, the status pipe's
+    write end, its resource tracker's pipe (if any), then the fds the pickled process
+    refers to (multiprocessing's ``DupFd``)."""
+    stdio = [i for i, present in enumerate(request["stdio"]) if present]
+    want = len(stdio) + 2 + int(bool(request["tracker"])) + int(request["inherited"])
+    if len(fds) != want:
+        raise ValueError(f"a fork request names {want} file descriptors; {len(fds)} came")
+    it = iter(fds)
+    named: dict[str, Any] = {"stdio": {i: next(it) for i in stdio}}
+    named["data"], named["status"] = next(it), next(it)
+    named["tracker"] = next(it) if request["tracker"] else None
+    named["inherited"] = list(it)
+    return named
+
+
+def become_caller(request: dict[str, Any], stdio: dict[int, int]) -> None:
+    """Take on the caller's standard streams, directory, umask, environment, limits."""
+    _flush_std_streams()  # what is buffered is the zygote's, not the caller's
+    for target in (0, 1, 2):
+        fd = stdio.get(target)
+        if fd is None:
+            fd = os.open(os.devnull, os.O_RDWR)
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+    _rebuild_std_streams()
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for name, (soft, hard) in request["rlimits"].items():
+        _set_limit(name, soft, hard)
+
+
+def _rebuild_std_streams() -> None:
+    """Python's streams over fds 0-2 as a fresh interpreter makes them: stdout line
+    buffered on a terminal only, stderr always line buffered."""
+    encoding = sys.stdout.encoding if sys.stdout else "utf-8"
+    sys.stdin = sys.__stdin__ = open(0, closefd=False, encoding=encoding)
+    out = open(1, "w", encoding=encoding, closefd=False, buffering=1 if os.isatty(1) else -1)
+    sys.stdout = sys.__stdout__ = out
+    err = open(2, "w", encoding=encoding, errors="backslashreplace", closefd=False, buffering=1)
+    sys.stderr = sys.__stderr__ = err
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _lower(a: int, b: int) -> int:
+    """The lower of two resource limits, RLIM_INFINITY being the highest."""
+    if a == resource.RLIM_INFINITY:
+        return b
+    if b == resource.RLIM_INFINITY:
+        return a
+    return min(a, b)
+
+
+def _set_limit(name: str, soft: int, hard: int) -> None:
+    which = getattr(resource, name, None)
+    if which is None:
+        return
+    try:
+        resource.setrlimit(which, (soft, hard))
+        return
+    except (ValueError, OSError):
+        pass
+    # An unprivileged process cannot raise a hard limit above the zygote's: keep the
+    # caller's soft limit as far as the zygote's hard one allows.
+    own_soft, own_hard = resource.getrlimit(which)
+    kept = _lower(soft, own_hard)
+    try:
+        resource.setrlimit(which, (kept, own_hard))
+    except (ValueError, OSError):
+        kept = own_soft
+    print(
+        f"rt zygote: the caller's {name} ({soft}, {hard}) is above the zygote's hard limit "
+        f"{own_hard}; the rank runs with ({kept}, {own_hard}). Start the zygote from a "
+        "shell with the caller's limits to keep them.",
+        file=sys.stderr,
+    )
+
+
+def run_nanny(request: dict[str, Any], fds: list[int]) -> int:
+    """The nanny's life: fork the rank, report it, watch it and the caller."""
+    named = split_fds(request, fds)
+    become_caller(request, named["stdio"])
+    _prctl(PR_SET_NAME, b"rt-zygote-nanny")
+    nanny = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(named["status"])
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != nanny:  # the nanny died before the line above
+                os._exit(1)
+            code = run_rank(named["data"], named["tracker"], named["inherited"])
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            _flush_std_streams()
+            os._exit(code)
+    from multiprocessing.forkserver import write_signed
+
+    for fd in [*named["inherited"], *filter(None, [named["tracker"]])]:
+        os.close(fd)
+    try:
+        write_signed(named["status"], pid)
+    except OSError:
+        pass  # the caller is gone: the watch below sees its pipe hang up
+    code = watch(pid, named["data"])
+    try:
+        write_signed(named["status"], code)
+    except OSError:
+        pass
+    return 0
+
+
+def watch(pid: int, caller_pipe: int) -> int:
+    """Wait for the rank to end; kill it if the caller's pipe hangs up first.
+    Returns the rank's exit code as ``Process.exitcode`` gives it (-N: signal N)."""
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None  # Linux < 5.3: poll every 0.1 s instead
+    poller = select.poll()
+    # No events asked: poll reports POLLHUP (every writer closed) and POLLERR anyway, and
+    # does not wake for the data the rank has yet to read.
+    poller.register(caller_pipe, 0)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    while True:
+        for fd, events in poller.poll(None if pidfd is not None else 100):
+            if fd == caller_pipe and events & (select.POLLHUP | select.POLLERR):
+                poller.unregister(caller_pipe)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+
+
+def run_rank(data: int, tracker: int | None, inherited: list[int]) -> int:
+    """What multiprocessing's forkserver child does (``forkserver._serve_one`` and
+    ``spawn._main``), with the caller's resource tracker and the fds it passed."""
+    from multiprocessing import forkserver, process, reduction, resource_tracker, spawn
+
+    resource_tracker._resource_tracker._fd = tracker
+    forkserver._forkserver._inherited_fds = inherited
+    parent_sentinel = os.dup(data)
+    with os.fdopen(data, "rb", closefd=True) as from_parent:
+        process.current_process()._inheriting = True
+        try:
+            preparation = reduction.pickle.load(from_parent)
+            spawn.prepare(preparation)
+            _prctl(PR_SET_NAME, str(preparation.get("name", "rt-rank"))[:15].encode())
+            obj = reduction.pickle.load(from_parent)
+        finally:
+            del process.current_process()._inheriting
+    return obj._bootstrap(parent_sentinel)

@@ -1,0 +1,145 @@
+"""Is a zygote current? What it imported, against what a caller would import now.
+
+A caller sends :func:`installation` (its Python, rt's version and folder, the installed
+torch's version and location: all read without importing torch, in ~1 ms). The zygote
+compares it with its own, recorded when it started, and then checks that what it
+imported has not changed on disk since: rt's source files (size and mtime first, a
+SHA-256 of the contents when those moved), torch's installed version and each plugin
+distribution's. Any difference is a reason, in words, and the request is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+from rt.core.entry_points import distribution_version
+
+_LABELS = {
+    "python": "Python",
+    "executable": "the Python executable",
+    "prefix": "sys.prefix",
+    "rt": "rt's version",
+    "rt_path": "rt's folder",
+    "torch": "torch's installed version",
+    "torch_path": "torch's location",
+}
+
+
+def _torch_origin() -> str | None:
+    module = sys.modules.get("torch")
+    if module is not None:
+        return getattr(module, "__file__", None)
+    spec = importlib.util.find_spec("torch")  # finds the package without importing it
+    return spec.origin if spec is not None else None
+
+
+def installation() -> dict[str, str | None]:
+    """What a process of this installation imports: compared between a caller and a zygote."""
+    import rt
+    import rt.core
+
+    return {
+        "python": sys.version,
+        "executable": os.path.realpath(sys.executable),  # python and python3 alike
+        "prefix": sys.prefix,
+        "rt": rt.__version__,
+        "rt_path": os.path.dirname(os.path.abspath(rt.core.__file__)),
+        "torch": distribution_version("torch"),
+        "torch_path": _torch_origin(),
+    }
+
+
+def installation_difference(caller: Mapping[str, Any], zygote: Mapping[str, Any]) -> str | None:
+    """Why a caller with ``caller`` may not use a zygote with ``zygote``, or None."""
+    for key, label in _LABELS.items():
+        if caller.get(key) != zygote.get(key):
+            return f"{label} differs: {caller.get(key)!r} for the caller, {zygote.get(key)!r} in the zygote"
+    return None
+
+
+@attrs.frozen
+class SourceFile:
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def source_files(modules: Mapping[str, Any]) -> list[SourceFile]:
+    """rt's own source files among ``modules`` (``sys.modules``), with their digests."""
+    paths = set()
+    for name, module in list(modules.items()):
+        if name == "rt" or name.startswith("rt."):
+            path = getattr(module, "__file__", None)
+            if path and os.path.isfile(path):
+                paths.add(os.path.abspath(path))
+    files = []
+    for path in sorted(paths):
+        st = os.stat(path)
+        files.append(SourceFile(path, st.st_size, st.st_mtime_ns, _digest(path)))
+    return files
+
+
+def changed_sources(files: Iterable[SourceFile]) -> list[str]:
+    """The files whose contents differ from when they were imported (or are gone)."""
+    changed = []
+    for f in files:
+        try:
+            st = os.stat(f.path)
+            if (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns):
+                continue
+            if st.st_size == f.size and _digest(f.path) == f.sha256:
+                continue  # touched, not changed
+        except OSError:
+            pass
+        changed.append(f.path)
+    return changed
+
+
+def path_mtimes() -> dict[str, int]:
+    """The modification time of each folder on ``sys.path``: installing or removing a
+    distribution adds or removes a ``.dist-info`` folder there, which moves it."""
+    found = {}
+    for entry in sys.path:
+        try:
+            found[entry] = os.stat(entry or ".").st_mtime_ns
+        except OSError:
+            found[entry] = -1
+    return found
+
+
+def drift(
+    sources: Iterable[SourceFile],
+    versions: Mapping[str, str | None],
+    root: str,
+    mtimes: Mapping[str, int],
+) -> str | None:
+    """Why what a zygote imported is no longer what is installed, or None.
+
+    ``versions``: distribution name -> the version imported (torch's and each selected
+    plugin's distribution), read again only when a folder of ``mtimes`` (``path_mtimes``
+    when they were read) moved; ``root``: rt's folder, to name changed files relative to
+    it. Costs ~100 ``stat`` calls: it runs on every request."""
+    changed = changed_sources(sources)
+    if changed:
+        first = os.path.relpath(changed[0], os.path.dirname(root))
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        return f"rt's source changed since the zygote imported it: {first}{more}"
+    if path_mtimes() == dict(mtimes):
+        return None
+    for dist, imported in versions.items():
+        now = distribution_version(dist)
+        if now != imported:
+            return f"{dist} {imported} was imported; {now or 'none'} is installed now"
+    return None
