@@ -54,3 +54,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def proc_bytes(path: str, field: str) -> int:
+    """A ``kB`` field of a ``/proc`` file in bytes (``proc_bytes("/proc/self/status",
+    "VmRSS")``, ``proc_bytes("/proc/meminfo", "MemAvailable")``); 0 when the file or the
+    field is missing (a process that ended holds nothing)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -14,6 +14,7 @@ import threading
 import time
 
 import attrs
+from rt.core.host import proc_bytes
 
 SAMPLE_EVERY_S = 1.0
 
@@ -42,14 +43,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass  # the process ended; it holds nothing now
-    return 0
+    return proc_bytes(f"/proc/{pid}/status", "VmRSS")  # 0 once the process ended
 
 
 def tree_rss(pid: int) -> tuple[int, int]:

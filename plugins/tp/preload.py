@@ -243,11 +243,9 @@ def files_to_prefetch(config: Any) -> list[Path]:
 
 
 def _available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from rt.core.host import proc_bytes
+
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def prefetch_model(config: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import attrs
 from rt.core.discovery import PluginEntry
 from rt.core.entry_points import distribution_version
 from rt.core.errors import RtError
+from rt.core.host import proc_bytes
 from rt.plugins.zygote.fingerprint import SourceFile, installation, path_mtimes, source_files
 
 # torch, the startup machinery every rank runs, then the built-in engine's rank modules:
@@ -106,8 +107,4 @@ def fork_safety() -> str | None:
 
 def resident_bytes() -> int:
     """This process's resident memory (VmRSS)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_bytes("/proc/self/status", "VmRSS")
