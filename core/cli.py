@@ -16,13 +16,15 @@ import time
 import traceback
 from collections.abc import Sequence
 
+import attrs
 from rt import __version__
 from rt.core.cli_context import CliContext, config_option_pairs
-from rt.core.discovery import discover
+from rt.core.config import Config
+from rt.core.discovery import Catalog, discover
 from rt.core.errors import RtError, StageFailed, debug_enabled, user_error
 from rt.core.pluginmanager import RtPluginManager, build_plugin_manager
 from rt.core.profile_registry import load_config
-from rt.core.selection import select
+from rt.core.selection import Selection, select
 
 
 def add_config_options(parser: argparse.ArgumentParser, suppress: bool = True) -> None:
@@ -152,7 +154,20 @@ def _add_bench_command(pm: RtPluginManager, subparsers: argparse._SubParsersActi
     bench.set_defaults(handler=lambda args, cli: bench.print_help() or 2)
 
 
-def _run(argv: Sequence[str]) -> int:
+@attrs.frozen
+class Resolved:
+    """What the CLI knows of a command line before any plugin runs: the subcommand, the
+    config its plugin spec comes from, and the plugins selected."""
+
+    early: argparse.Namespace
+    command: str
+    base: Config
+    catalog: Catalog
+    selection: Selection
+
+
+def resolve(argv: Sequence[str]) -> Resolved:
+    """Read the options that decide the plugins, the config and the entry points."""
     early, command = _early_args(argv)
     # The plugin spec may come from the profile, the config file, RT_PLUGINS and
     # --plugins; resolving the config here also reports a bad file before anything runs.
@@ -163,28 +178,34 @@ def _run(argv: Sequence[str]) -> int:
         profile = profile.split(",")[0]
     base = load_config(profile, early.config, os.environ, _early_pairs(early))
     catalog = discover()
-    selection = select(catalog, base.plugins)
-    pm, stages = build_plugin_manager(selection)
+    return Resolved(early, command, base, catalog, select(catalog, base.plugins))
+
+
+def _run(argv: Sequence[str], resolved: Resolved | None) -> int:
+    r = resolve(argv) if resolved is None else resolved
+    pm, stages = build_plugin_manager(r.selection)
     cli_start = time.time()
-    pm.hook.rt_cli_start(command=command, config=base)
+    pm.hook.rt_cli_start(command=r.command, config=r.base)
     parser = build_parser(pm)
     args = parser.parse_args(list(argv))
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
-    cli = CliContext(early, catalog, selection, pm, stages, cli_start)
+    cli = CliContext(r.early, r.catalog, r.selection, pm, stages, cli_start)
     return int(handler(args, cli) or 0)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, resolved: Resolved | None = None) -> int:
+    """Run ``rt ARGV`` here; ``resolved``: :func:`resolve` of the same ``argv``, when the
+    caller already needed it."""
     argv = sys.argv[1:] if argv is None else list(argv)
     before = os.environ.get("RT_DEBUG")
     if _wants_debug(argv):
         # --debug is RT_DEBUG=1 for this run, so the rank processes it starts inherit it.
         os.environ["RT_DEBUG"] = "1"
     try:
-        return _run(argv)
+        return _run(argv, resolved)
     except RtError as e:
         return report_error(e)
     except KeyboardInterrupt:

@@ -83,6 +83,29 @@ def rt_cli_start(command: str, config: Any) -> None:
 
 
 @hookspec
+def rt_resident_preload(config: Any) -> dict[str, str] | None:
+    """Called once in a resident process (the zygote, ``rt zygote start``) before it
+    serves: load what every ``rt serve`` / ``rt generate`` forked from it would load
+    again, so that a command forked from it finds it done. Import modules; load small
+    state that is the same for every start with this ``config`` (a tokenizer) where it
+    is found without downloads or conversions.
+
+    Runs on the process's only thread, which must stay its only one: no thread may be
+    started (a fork copies only the forking thread, so a lock another thread holds
+    stays held in every child), no CUDA context created, no torch operation run (it
+    starts torch's thread pool). Returns notes for ``rt zygote status`` (name -> what
+    was loaded), or None.
+
+    Example::
+
+        @hookimpl
+        def rt_resident_preload(config):
+            import starlette.applications  # noqa: F401
+            return {"http": "starlette"}
+    """
+
+
+@hookspec
 def rt_register_benchmarks(subparsers: Any) -> None:
     """Add ``rt bench`` subcommands, the same way as :func:`rt_register_commands`.
 

@@ -54,10 +54,24 @@ class Span:
         return cls(**data)  # type: ignore[arg-type]
 
 
-def process_start_time() -> float:
-    """When this process was launched (wall clock), from /proc where available."""
+_launched_at: float | None = None
+
+
+def set_launch_time(when: float) -> None:
+    """Make ``when`` (wall clock) this process's launch time: a process that runs a
+    command handed to it by another (a driver forked from the zygote) times its
+    startup from the moment the user launched that other process."""
+    global _launched_at
+    _launched_at = when
+
+
+def process_start_time(pid: int | None = None) -> float:
+    """When this process (or process ``pid``) was launched (wall clock), from /proc
+    where available."""
+    if pid is None and _launched_at is not None:
+        return _launched_at
     try:
-        with open("/proc/self/stat") as f:
+        with open(f"/proc/{pid or 'self'}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         ticks = int(fields[19])  # field 22 of stat: starttime in clock ticks since boot
         with open("/proc/uptime") as f:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rt.core.cli import console_main
+from rt.core.launch import console_main
 
 if __name__ == "__main__":
     console_main()

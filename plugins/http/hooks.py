@@ -44,6 +44,17 @@ def rt_configure(runtime: Any) -> None:
         runtime.services[SERVICE] = early
 
 
+@hookimpl
+def rt_resident_preload() -> dict[str, str]:
+    # Starlette, Hypercorn and prometheus_client: ~0.2-0.3 s of every start's frontend.
+    import hypercorn.asyncio  # noqa: F401
+    import hypercorn.config  # noqa: F401
+    import rt.plugins.http.metrics  # noqa: F401
+    import rt.plugins.http.server  # noqa: F401
+
+    return {"http": "Starlette, Hypercorn, prometheus_client"}
+
+
 @hookimpl(trylast=True)
 def rt_frontend(config: Any, runtime: Any) -> Any:
     from rt.plugins.http.server import HttpServer

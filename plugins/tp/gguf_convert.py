@@ -79,8 +79,8 @@ def default_gguf_path() -> Path:
     )
 
 
-def ensure_default_model(cache_dir: Path | None = None) -> Path:
-    """The converted default model's folder, converting the GGUF on first use."""
+def default_model_folder(cache_dir: Path | None = None) -> Path:
+    """Where the default model's conversion lives (or will), named after the GGUF."""
     from rt.plugins.tp.model_source import rt_cache_dir
 
     gguf_path = default_gguf_path()
@@ -88,7 +88,12 @@ def ensure_default_model(cache_dir: Path | None = None) -> Path:
     # size + mtime stand in for a content digest: a reinstall changes them, a stat is free.
     key = f"{CONVERTER_VERSION}:{gguf_path.name}:{st.st_size}:{st.st_mtime_ns}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    models = (cache_dir or rt_cache_dir()) / "models"
+    return (cache_dir or rt_cache_dir()) / "models" / f"{DEFAULT_MODEL_NAME}-{digest}"
+
+
+def ensure_default_model(cache_dir: Path | None = None) -> Path:
+    """The converted default model's folder, converting the GGUF on first use."""
+    gguf_path = default_gguf_path()
     took: list[float] = []
 
     def convert(out: Path) -> None:
@@ -96,9 +101,7 @@ def ensure_default_model(cache_dir: Path | None = None) -> Path:
         convert_gguf(gguf_path, out)
         took.append(time.perf_counter() - start)
 
-    folder = build_with_fallback(
-        models / f"{DEFAULT_MODEL_NAME}-{digest}", convert, "the default model"
-    )
+    folder = build_with_fallback(default_model_folder(cache_dir), convert, "the default model")
     note("conversion", f"done here ({took[-1]:.1f} s)" if took else "done earlier")
     return folder
 

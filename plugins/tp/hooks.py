@@ -19,6 +19,7 @@ from rt.core.errors import ConfigError
 
 # The command line's hooks live beside this module; pluggy finds them here too.
 from rt.plugins.tp.cli_options import rt_add_options, rt_register_commands  # noqa: F401
+from rt.plugins.tp.resident import rt_resident_preload  # noqa: F401
 
 WARMUP_TIMEOUT_S = 600
 
@@ -35,9 +36,15 @@ def rt_resolve_model(config: Any) -> Any:
 
 @hookimpl(trylast=True)
 def rt_load_tokenizer(runtime: Any) -> Any:
+    from rt.plugins.tp.resident import resident_tokenizer
     from rt.plugins.tp.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.from_dir(runtime.result("model").path)
+    folder = runtime.result("model").path
+    tokenizer = resident_tokenizer(folder)
+    if tokenizer is not None:
+        note("loaded", "by the resident process this one was forked from")
+        return tokenizer
+    tokenizer = Tokenizer.from_dir(folder)
     tokenizer.compile_chat_template()
     return tokenizer
 

@@ -112,6 +112,14 @@ class ImportModules(_StartsAtCliEntry):
             self._start_early(config, _import_all, *_import_plan(config, command))
 
     @hookimpl
+    def rt_resident_preload(self) -> dict[str, str]:
+        # A resident process forks drivers, rank 0 and other ranks: everything any of
+        # them imports (torch's libraries load with it: no thread here may run).
+        modules = tuple(dict.fromkeys((*ENGINE_MODULES, *DRIVER_MODULES, *FORKSERVER_MODULES)))
+        import_modules(modules)
+        return {"preload-imports": f"{len(modules)} engine modules"}
+
+    @hookimpl
     def rt_preload(self, config: Any, runtime: Any) -> threading.Thread | None:
         if not config.preload.import_modules:
             raise SkipStage("preload.import_modules is off")

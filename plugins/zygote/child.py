@@ -28,6 +28,7 @@ import resource
 import select
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -35,7 +36,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
 
-def _prctl(option: int, value: Any) -> None:
+def prctl(option: int, value: Any) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
     except (OSError, AttributeError):
@@ -139,14 +140,14 @@ def run_nanny(request: dict[str, Any], fds: list[int]) -> int:
     """The nanny's life: fork the rank, report it, watch it and the caller."""
     named = split_fds(request, fds)
     become_caller(request, named["stdio"])
-    _prctl(PR_SET_NAME, b"rt-zygote-nanny")
+    prctl(PR_SET_NAME, b"rt-zygote-nanny")
     nanny = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.close(named["status"])
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != nanny:  # the nanny died before the line above
                 os._exit(1)
             code = run_rank(named["data"], named["tracker"], named["inherited"])
@@ -171,30 +172,48 @@ def run_nanny(request: dict[str, Any], fds: list[int]) -> int:
     return 0
 
 
-def watch(pid: int, caller_pipe: int) -> int:
-    """Wait for the rank to end; kill it if the caller's pipe hangs up first.
-    Returns the rank's exit code as ``Process.exitcode`` gives it (-N: signal N)."""
+def watch(pid: int, caller_pipe: int, grace_s: float = 0.0) -> int:
+    """Wait for the child ``pid`` to end; stop it if the caller's pipe hangs up first:
+    SIGKILL at once (``grace_s`` 0: a rank), or SIGTERM and SIGKILL ``grace_s`` later
+    (a driver, which then stops its ranks and writes what it must).
+    Returns the child's exit code as ``Process.exitcode`` gives it (-N: signal N)."""
     try:
         pidfd: int | None = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pidfd = None  # Linux < 5.3: poll every 0.1 s instead
     poller = select.poll()
     # No events asked: poll reports POLLHUP (every writer closed) and POLLERR anyway, and
-    # does not wake for the data the rank has yet to read.
+    # does not wake for the data the child has yet to read.
     poller.register(caller_pipe, 0)
     if pidfd is not None:
         poller.register(pidfd, select.POLLIN)
+    kill_at: float | None = None
     while True:
-        for fd, events in poller.poll(None if pidfd is not None else 100):
+        wait_ms = None if pidfd is not None else 100
+        if kill_at is not None:
+            left_ms = max(0, int((kill_at - time.monotonic()) * 1000))
+            wait_ms = left_ms if wait_ms is None else min(wait_ms, left_ms)
+        for fd, events in poller.poll(wait_ms):
             if fd == caller_pipe and events & (select.POLLHUP | select.POLLERR):
                 poller.unregister(caller_pipe)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                if grace_s > 0:
+                    _signal(pid, signal.SIGTERM)
+                    kill_at = time.monotonic() + grace_s
+                else:
+                    _signal(pid, signal.SIGKILL)
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status)
+        if kill_at is not None and time.monotonic() >= kill_at:
+            _signal(pid, signal.SIGKILL)
+            kill_at = None
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def run_rank(data: int, tracker: int | None, inherited: list[int]) -> int:
@@ -210,7 +229,7 @@ def run_rank(data: int, tracker: int | None, inherited: list[int]) -> int:
         try:
             preparation = reduction.pickle.load(from_parent)
             spawn.prepare(preparation)
-            _prctl(PR_SET_NAME, str(preparation.get("name", "rt-rank"))[:15].encode())
+            prctl(PR_SET_NAME, str(preparation.get("name", "rt-rank"))[:15].encode())
             obj = reduction.pickle.load(from_parent)
         finally:
             del process.current_process()._inheriting

@@ -11,8 +11,10 @@ when none does.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import pickle
 import select
 import signal
 import subprocess
@@ -24,7 +26,6 @@ from rt.core.cli_context import CliContext, print_json
 from rt.core.errors import RtError
 from rt.core.paths import rt_cache_dir
 from rt.plugins.zygote.client import ZygoteUnavailable, caller_installation, request
-from rt.plugins.zygote.imported import PRELOAD
 from rt.plugins.zygote.paths import ZygotePaths, make_private_folder, zygote_paths
 
 
@@ -69,9 +70,15 @@ def describe(s: dict[str, Any]) -> list[str]:
         f" in {s['import_s']} s; plugins: {', '.join(s['plugins']) or '-'}",
         f"resident memory {_mib(s['rss_bytes'])}; threads {s['threads']}; CUDA "
         f"{'initialised (!)' if s['cuda_initialized'] else 'not initialised'}",
-        f"forked {s['forks']} rank processes, {s['live_ranks']} still running",
+        f"preloaded: {_preloaded(s.get('preloaded') or {})}",
+        f"forked {s['forks']} processes ({s.get('commands', 0)} of them commands' drivers), "
+        f"{s['live_ranks']} still running",
         f"stale: {s['stale']}" if s["stale"] else "current",
     ]
+
+
+def _preloaded(notes: dict[str, str]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in notes.items()) or "-"
 
 
 def _status(paths: ZygotePaths) -> dict[str, Any] | None:
@@ -99,7 +106,7 @@ def status_command(args: argparse.Namespace, cli: CliContext) -> int:
 
 
 def start_command(args: argparse.Namespace, cli: CliContext) -> int:
-    cli.config(args)  # a bad --set or profile fails here, naming the value
+    config = cli.config(args)  # a bad --set or profile fails here, naming the value
     paths = zygote_paths()
     make_private_folder(paths.folder)
     plugins = [p.name for p in cli.selection.plugins]
@@ -113,18 +120,18 @@ def start_command(args: argparse.Namespace, cli: CliContext) -> int:
             return 0
         print(f"replacing zygote pid {running['pid']}: {why}")
         _stop(paths, args.timeout)
-    status = _spawn(paths, cli, args.timeout)
+    status = _spawn(paths, cli, config, args.timeout)
     print("\n".join(describe(status)))
     return 0
 
 
-def _spawn(paths: ZygotePaths, cli: CliContext, timeout: float) -> dict[str, Any]:
-    spec_plugins = [[p.name, p.value, p.dist, p.version] for p in cli.selection.plugins]
+def _spawn(paths: ZygotePaths, cli: CliContext, config: Any, timeout: float) -> dict[str, Any]:
     ready_r, ready_w = os.pipe()
     spec = {
         "cache_dir": str(rt_cache_dir()),
-        "plugins": spec_plugins,
-        "preload": list(PRELOAD),
+        # The config and plugins it preloads for (rt_resident_preload), as this command
+        # resolved them: from the caller's directory, environment and options.
+        "state": base64.b64encode(pickle.dumps((config, cli.selection))).decode(),
         "ready_fd": ready_w,
     }
     fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

@@ -1,9 +1,7 @@
-"""Is a zygote current? What it imported, against what a caller would import now.
+"""Is a zygote current? What it imported, against what is on disk now.
 
-A caller sends :func:`installation` (its Python, rt's version and folder, the installed
-torch's version and location: all read without importing torch, in ~1 ms). The zygote
-compares it with its own, recorded when it started, and then checks that what it
-imported has not changed on disk since: rt's source files (size and mtime first, a
+Besides the caller's installation (``installation.py``), a zygote checks that what it
+imported has not changed on disk since it did: rt's source files (size and mtime first, a
 SHA-256 of the contents when those moved), torch's installed version and each plugin
 distribution's. Any difference is a reason, in words, and the request is refused.
 """
@@ -11,7 +9,6 @@ distribution's. Any difference is a reason, in words, and the request is refused
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -19,48 +16,6 @@ from typing import Any
 
 import attrs
 from rt.core.entry_points import distribution_version
-
-_LABELS = {
-    "python": "Python",
-    "executable": "the Python executable",
-    "prefix": "sys.prefix",
-    "rt": "rt's version",
-    "rt_path": "rt's folder",
-    "torch": "torch's installed version",
-    "torch_path": "torch's location",
-}
-
-
-def _torch_origin() -> str | None:
-    module = sys.modules.get("torch")
-    if module is not None:
-        return getattr(module, "__file__", None)
-    spec = importlib.util.find_spec("torch")  # finds the package without importing it
-    return spec.origin if spec is not None else None
-
-
-def installation() -> dict[str, str | None]:
-    """What a process of this installation imports: compared between a caller and a zygote."""
-    import rt
-    import rt.core
-
-    return {
-        "python": sys.version,
-        "executable": os.path.realpath(sys.executable),  # python and python3 alike
-        "prefix": sys.prefix,
-        "rt": rt.__version__,
-        "rt_path": os.path.dirname(os.path.abspath(rt.core.__file__)),
-        "torch": distribution_version("torch"),
-        "torch_path": _torch_origin(),
-    }
-
-
-def installation_difference(caller: Mapping[str, Any], zygote: Mapping[str, Any]) -> str | None:
-    """Why a caller with ``caller`` may not use a zygote with ``zygote``, or None."""
-    for key, label in _LABELS.items():
-        if caller.get(key) != zygote.get(key):
-            return f"{label} differs: {caller.get(key)!r} for the caller, {zygote.get(key)!r} in the zygote"
-    return None
 
 
 @attrs.frozen

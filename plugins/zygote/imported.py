@@ -13,16 +13,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from rt.core.discovery import PluginEntry
 from rt.core.entry_points import distribution_version
 from rt.core.errors import RtError
 from rt.core.host import proc_bytes
-from rt.plugins.zygote.fingerprint import SourceFile, installation, path_mtimes, source_files
+from rt.core.selection import Selection
+from rt.plugins.zygote.fingerprint import SourceFile, path_mtimes, source_files
+from rt.plugins.zygote.installation import installation
 
-# torch, the startup machinery every rank runs, then the built-in engine's rank modules:
-# the one module multiprocessing's forkserver preloads for the ranks. Named, not
-# imported here: plugins do not import each other's code.
-PRELOAD = ("torch", "rt.core.startup", "rt.plugins.tp.forkserver_preload")
+# torch and the startup machinery every driver and rank runs; then each selected plugin
+# imports and loads what it wants through rt_resident_preload (the engine's modules,
+# Starlette and Hypercorn, the model's tokenizer): plugins do not import each other.
+PRELOAD = ("torch", "rt.core.startup")
 
 
 @attrs.frozen
@@ -36,20 +37,28 @@ class Imported:
     sources: tuple[SourceFile, ...]
     plugins: tuple[str, ...]
     preload: tuple[str, ...]
+    preloaded: dict[str, str]  # plugin notes from rt_resident_preload
     seconds: float
 
 
-def import_everything(plugins: Sequence[PluginEntry], preload: Sequence[str]) -> Imported:
-    """Import ``preload`` and the plugins' modules with the collector paused (``import
-    torch`` makes a few hundred thousand objects and frees almost none), then freeze
-    them: the zygote's and every child's collections never walk them again."""
+def import_everything(
+    selection: Selection, config: Any, preload: Sequence[str] = PRELOAD
+) -> Imported:
+    """Import ``preload``, the selected plugins and stages, and what their
+    ``rt_resident_preload`` loads, with the collector paused (``import torch`` makes a
+    few hundred thousand objects and frees almost none), then freeze it all: the
+    zygote's and every child's collections never walk them again."""
+    from rt.core.pluginmanager import build_plugin_manager
+
     start = time.perf_counter()
+    preloaded: dict[str, str] = {}
     gc.disable()
     try:
         for name in preload:
             importlib.import_module(name)
-        for entry in plugins:
-            entry.load()
+        pm, _ = build_plugin_manager(selection)
+        for notes in pm.hook.rt_resident_preload(config=config):
+            preloaded.update(notes or {})
     finally:
         gc.enable()
     gc.collect()
@@ -60,6 +69,7 @@ def import_everything(plugins: Sequence[PluginEntry], preload: Sequence[str]) ->
     torch = sys.modules.get("torch")
     mtimes = path_mtimes()
     versions: dict[str, str | None] = {"torch": distribution_version("torch")}
+    plugins = selection.plugins
     versions.update({p.dist: p.version for p in plugins if not p.builtin})
     return Imported(
         installation=installation(),
@@ -69,6 +79,7 @@ def import_everything(plugins: Sequence[PluginEntry], preload: Sequence[str]) ->
         sources=tuple(source_files(sys.modules)),
         plugins=tuple(p.name for p in plugins),
         preload=tuple(preload),
+        preloaded=preloaded,
         seconds=round(time.perf_counter() - start, 3),
     )
 

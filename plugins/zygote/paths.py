@@ -13,8 +13,8 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
-import attrs
 from rt.core.errors import ConfigError
 from rt.core.paths import rt_cache_dir
 
@@ -22,8 +22,9 @@ from rt.core.paths import rt_cache_dir
 MAX_SOCKET_PATH = 107
 
 
-@attrs.frozen
-class ZygotePaths:
+class ZygotePaths(NamedTuple):
+    """The zygote's folder and the files in it (a named tuple: see wire.py)."""
+
     folder: Path
 
     @property

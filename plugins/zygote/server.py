@@ -9,6 +9,8 @@ command it is ready, then answers one request at a time on one thread:
 - ``status``: pid, age, what it imported, resident memory, forks, staleness.
 - ``fork``: check the peer's user and staleness, then fork a nanny (``child.py``) that
   becomes the caller and forks the rank.
+- ``run``: the same checks, then fork a nanny (``driver.py``) that becomes the caller
+  and forks a driver running the caller's ``rt serve`` or ``rt generate``.
 - ``stop``: answer, then exit (the ranks it forked keep serving their callers).
 
 Between requests it wakes every second (a ``select`` timeout, no thread) to reap its
@@ -17,21 +19,24 @@ nannies and to exit once its socket file is gone or replaced, or its folder remo
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pickle
 import select
 import signal
 import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rt.core.discovery import PluginEntry
 from rt.core.errors import RtError
 from rt.plugins.zygote.child import run_nanny
-from rt.plugins.zygote.fingerprint import drift, installation_difference
+from rt.plugins.zygote.driver import run_command_nanny
+from rt.plugins.zygote.fingerprint import drift
 from rt.plugins.zygote.home import bind, take_lock
 from rt.plugins.zygote.imported import (
     Imported,
@@ -40,6 +45,7 @@ from rt.plugins.zygote.imported import (
     resident_bytes,
     thread_names,
 )
+from rt.plugins.zygote.installation import installation_difference
 from rt.plugins.zygote.paths import ZygotePaths, zygote_paths
 from rt.plugins.zygote.wire import (
     MAX_FDS,
@@ -68,6 +74,7 @@ class ZygoteServer:
         self.inode = os.lstat(paths.socket).st_ino
         self.started = time.time()
         self.forks = 0
+        self.commands = 0  # drivers forked (`rt serve`/`rt generate` handed over)
         self.nannies: set[int] = set()
         self.stopping = False
 
@@ -119,7 +126,7 @@ class ZygoteServer:
                     log(f"refused: {refusal}")
                     reply: dict[str, Any] = {"ok": False, "reason": refusal}
                 else:
-                    reply = self.answer(request, fds, conn)
+                    reply = self.answer(request, fds, conn, peer.pid)
                 send_message(conn, reply)
             except Exception as e:  # one bad request never ends the zygote
                 log(f"a request failed: {type(e).__name__}: {e}")
@@ -127,7 +134,9 @@ class ZygoteServer:
                 for fd in fds:  # the nanny has its own copies
                     _close(fd)
 
-    def answer(self, request: dict[str, Any], fds: list[int], conn: socket.socket) -> dict:
+    def answer(
+        self, request: dict[str, Any], fds: list[int], conn: socket.socket, caller: int
+    ) -> dict:
         op = request.get("op")
         if op == "hello":
             reason = self.stale(request.get("caller"))
@@ -138,7 +147,15 @@ class ZygoteServer:
             reason = self.stale(request.get("caller"))
             if reason is not None:
                 return {"ok": False, "reason": f"stale: {reason}"}
-            return {"ok": True, "pid": os.getpid(), "nanny": self.fork(request, fds, conn)}
+            nanny = self.fork(conn, lambda: run_nanny(request, fds))
+            return {"ok": True, "pid": os.getpid(), "nanny": nanny}
+        if op == "run":
+            reason = self.stale(request.get("caller"))
+            if reason is not None:
+                return {"ok": False, "reason": f"stale: {reason}"}
+            self.commands += 1
+            nanny = self.fork(conn, lambda: run_command_nanny(request, fds, caller))
+            return {"ok": True, "pid": os.getpid(), "nanny": nanny}
         if op == "stop":
             self.stopping = True
             self.reap()
@@ -154,7 +171,8 @@ class ZygoteServer:
         i = self.imported
         return drift(i.sources, i.versions, i.installation["rt_path"], i.mtimes)
 
-    def fork(self, request: dict[str, Any], fds: list[int], conn: socket.socket) -> int:
+    def fork(self, conn: socket.socket, nanny: Callable[[], int]) -> int:
+        """Fork a nanny that runs ``nanny()`` and exits with its code."""
         problem = fork_safety()  # nothing should have started a thread since the imports
         if problem is not None:
             raise RtError(f"not forking: {problem}")
@@ -167,7 +185,7 @@ class ZygoteServer:
                 self.listener.close()
                 conn.close()
                 os.close(self.lock)  # the lock is the zygote's alone: no child may keep it
-                code = run_nanny(request, fds)
+                code = nanny()
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -195,6 +213,8 @@ class ZygoteServer:
             "threads": len(thread_names()),
             "cuda_initialized": bool(torch is not None and torch.cuda.is_initialized()),
             "forks": self.forks,
+            "commands": self.commands,
+            "preloaded": self.imported.preloaded,
             "live_ranks": len(self.nannies),
             "stale": self.stale(caller),
         }
@@ -245,9 +265,8 @@ def main(argv: list[str]) -> int:
     try:
         paths = zygote_paths(Path(spec["cache_dir"]))
         lock = take_lock(paths)
-        imported = import_everything(
-            [PluginEntry(*p) for p in spec["plugins"]], spec.get("preload", ())
-        )
+        config, selection = pickle.loads(base64.b64decode(spec["state"]))
+        imported = import_everything(selection, config)
         listener = bind(paths)
         server = ZygoteServer(paths, imported, listener, lock)
         record = {"pid": os.getpid(), "started": server.started, "socket": str(paths.socket)}

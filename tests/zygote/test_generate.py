@@ -1,5 +1,5 @@
-"""``rt generate`` through a zygote: the same tokens as without, its ranks forked from it
-(the timeline says so), two callers at once, and on a GPU a CUDA rank from a zygote
+"""``rt generate`` through a zygote: the same tokens as without, its driver and its ranks
+forked from it (the timeline says so), two callers at once, and on a GPU a CUDA rank from a zygote
 that never initialised CUDA."""
 
 from __future__ import annotations
@@ -58,20 +58,24 @@ def _workers_notes(trace: Path) -> dict:
 def test_the_same_tokens_through_the_zygote_as_without(
     shared_zygote, tiny_llama, tmp_path, options, forked
 ):
-    pid = zygote_status(shared_zygote)["pid"]
-    forks = zygote_status(shared_zygote)["forks"]
+    before = zygote_status(shared_zygote)
+    pid, forks, commands = before["pid"], before["forks"], before["commands"]
     without = _generate(shared_zygote, tiny_llama, tmp_path / "a.json", *options, "--no-zygote")
     span = _zygote_span(tmp_path / "a.json")
     assert span["outcome"] == "skipped" and "--no-zygote" in span["reason"]
+    assert "driver" not in span["notes"]
     assert zygote_status(shared_zygote)["forks"] == forks
 
     through = _generate(shared_zygote, tiny_llama, tmp_path / "b.json", *options)
     assert through["token_ids"] == without["token_ids"]
     span = _zygote_span(tmp_path / "b.json")
     assert span["outcome"] == "ok", span
+    assert span["notes"]["driver"].startswith(f"forked from zygote pid {pid} ")
     assert span["notes"]["ranks"] == f"forked from zygote pid {pid}"
     assert _workers_notes(tmp_path / "b.json")["ranks_from"] == f"zygote pid {pid}"
-    assert zygote_status(shared_zygote)["forks"] == forks + forked
+    after = zygote_status(shared_zygote)
+    assert after["commands"] == commands + 1  # the driver, and the ranks:
+    assert after["forks"] == forks + 1 + forked
 
 
 def test_without_a_zygote_the_timeline_says_why(tiny_llama, tmp_path):
@@ -83,7 +87,7 @@ def test_without_a_zygote_the_timeline_says_why(tiny_llama, tmp_path):
 
 
 def test_two_callers_at_once(shared_zygote, tiny_llama, tmp_path):
-    forks = zygote_status(shared_zygote)["forks"]
+    before = zygote_status(shared_zygote)
     cmd = [
         sys.executable, "-m", "rt", "generate", str(tiny_llama), PROMPT, "--max-tokens", "12",
         "--json", "--profile", "fast-startup", "--tp", "2",
@@ -100,7 +104,9 @@ def test_two_callers_at_once(shared_zygote, tiny_llama, tmp_path):
         assert p.returncode == 0, err[-3000:]
     first, second = (json.loads(out)["token_ids"] for out, _ in outs)
     assert first == second
-    assert zygote_status(shared_zygote)["forks"] == forks + 4
+    after = zygote_status(shared_zygote)
+    assert after["commands"] == before["commands"] + 2
+    assert after["forks"] == before["forks"] + 2 + 4  # two drivers, each with two ranks
 
 
 @pytest.mark.gpu

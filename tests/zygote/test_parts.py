@@ -10,15 +10,10 @@ from pathlib import Path
 
 import pytest
 from rt.core.errors import ConfigError
-from rt.plugins.zygote import client, home, server
-from rt.plugins.zygote.fingerprint import (
-    SourceFile,
-    changed_sources,
-    installation,
-    installation_difference,
-    source_files,
-)
+from rt.plugins.zygote import call, home, launch, server
+from rt.plugins.zygote.fingerprint import SourceFile, changed_sources, source_files
 from rt.plugins.zygote.imported import Imported
+from rt.plugins.zygote.installation import installation, installation_difference
 from rt.plugins.zygote.paths import (
     folder_problem,
     make_private_folder,
@@ -108,14 +103,14 @@ def _server(tmp_path: Path) -> server.ZygoteServer:
     lock = home.take_lock(paths)
     listener = home.bind(paths)
     mine = installation()
-    imported = Imported(mine, "x", {}, {}, (), ("tp",), (), 0.0)
+    imported = Imported(mine, "x", {}, {}, (), ("tp",), (), {}, 0.0)
     return server.ZygoteServer(paths, imported, listener, lock)
 
 
 def _ask_while_serving(zygote: server.ZygoteServer, message: dict, fds: list[int]) -> dict:
     replies: list[dict] = []
     asker = threading.Thread(
-        target=lambda: replies.append(client.request(zygote.paths, message, fds))
+        target=lambda: replies.append(call.request(zygote.paths, message, fds))
     )
     asker.start()
     zygote.handle()
@@ -171,9 +166,9 @@ def test_the_client_refuses_a_socket_of_another_user(tmp_path, monkeypatch):
     zygote = _server(tmp_path)
     try:
         other = PeerCredentials(pid=1, uid=os.geteuid() + 1, gid=0)
-        monkeypatch.setattr(client, "peer_credentials", lambda sock: other)
-        with pytest.raises(client.ZygoteUnavailable, match="is not this user's"):
-            client.request(zygote.paths, {"op": "hello"})
+        monkeypatch.setattr(call, "peer_credentials", lambda sock: other)
+        with pytest.raises(call.ZygoteUnavailable, match="is not this user's"):
+            call.request(zygote.paths, {"op": "hello"})
     finally:
         zygote.close()
         os.close(zygote.lock)
@@ -187,3 +182,28 @@ def test_a_second_zygote_for_the_same_folder_cannot_start(tmp_path):
             home.take_lock(paths)
     finally:
         os.close(lock)
+
+
+@pytest.mark.parametrize(
+    "argv, command",
+    [
+        (["serve", "m"], "serve"),
+        (["--profile", "fast-startup", "generate", "m", "hi"], "generate"),
+        (["--set", "a=serve", "-p", "x", "generate"], "generate"),
+        (["--debug", "serve"], "serve"),
+        (["--", "serve"], None),
+        (["--profile"], None),
+    ],
+)
+def test_the_launcher_finds_the_command_past_the_options_before_it(argv, command):
+    assert launch.command_of(argv) == command
+
+
+def test_the_launcher_declines_other_commands_and_the_zygote_turned_off(monkeypatch):
+    monkeypatch.delenv("RT_ZYGOTE__USE", raising=False)
+    assert not launch._declined_early(["serve", "m"])
+    assert launch._declined_early(["zygote", "start"])
+    assert launch._declined_early(["serve", "m", "--no-zygote"])
+    assert not launch._declined_early(["generate", "m", "--", "--no-zygote"])
+    monkeypatch.setenv("RT_ZYGOTE__USE", "off")
+    assert launch._declined_early(["serve", "m"])

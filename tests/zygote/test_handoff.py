@@ -1,0 +1,114 @@
+"""``rt serve`` and ``rt generate`` handed to the zygote, which forks their driver: signals
+reach the driver, the caller's death stops it and its ranks, exit codes and errors come
+back, and a config that turns the zygote off runs the command in the caller."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_rt
+from tests.http.serve_process import alive, descendants, rt_serve, wait_for
+from tests.zygote.conftest import zygote_status
+
+pytestmark = pytest.mark.slow
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _drivers(zygote: int) -> set[int]:
+    return {p for p in descendants(zygote) if _comm(p) == "rt serve"}
+
+
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGTERM, 0), (signal.SIGINT, 0)], ids=["SIGTERM", "SIGINT"]
+)
+def test_a_signal_to_the_caller_stops_the_driver_it_stands_in_for(
+    shared_zygote, tiny_llama, tmp_path, signum, code
+):
+    zygote = zygote_status(shared_zygote)["pid"]
+    env = {**os.environ, **shared_zygote}
+    log = tmp_path / "serve.log"
+    with rt_serve(tiny_llama, env, log, "--profile", "fast-startup") as served:
+        [driver] = _drivers(zygote)
+        ranks = descendants(zygote) - descendants(driver) - {driver}
+        rank0 = served.rank_pids()[0]
+        assert rank0 in ranks and rank0 not in descendants(served.proc.pid)
+        served.proc.send_signal(signum)
+        assert served.proc.wait(timeout=60) == code, served.log_text()[-3000:]
+    wait_for(lambda: not alive(driver) and not alive(rank0), timeout=30)
+    assert "rt: serving on" in log.read_text()  # the driver wrote to the caller's stderr
+
+
+def test_the_callers_death_stops_its_driver_and_ranks(shared_zygote, tiny_llama, tmp_path):
+    zygote = zygote_status(shared_zygote)["pid"]
+    env = {**os.environ, **shared_zygote}
+    with rt_serve(
+        tiny_llama, env, tmp_path / "serve.log", "--profile", "fast-startup", "--tp", "2"
+    ):
+        [driver] = _drivers(zygote)
+        before = descendants(zygote)
+        served_pids = {p for p in before if p != driver and _comm(p) != "rt-zygote-nanny"}
+        assert len(served_pids) >= 2  # rank 0 and rank 1
+        os.kill(driver, 0)
+    # rt_serve killed the caller (SIGKILL) on the way out: its pipe hung up
+    wait_for(lambda: not alive(driver), timeout=30)
+    wait_for(lambda: not any(alive(p) for p in served_pids), timeout=30)
+    wait_for(lambda: not any(alive(p) for p in descendants(zygote)), timeout=30)
+
+
+def test_exit_codes_and_errors_come_back_as_from_the_caller(shared_zygote, tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    commands = zygote_status(shared_zygote)["commands"]
+    here = run_rt("generate", missing, "Hi", "--no-zygote", env=shared_zygote)
+    there = run_rt("generate", missing, "Hi", env=shared_zygote)
+    assert zygote_status(shared_zygote)["commands"] == commands + 1
+    assert there.returncode == here.returncode != 0
+    assert there.stderr.strip().splitlines()[-1] == here.stderr.strip().splitlines()[-1]
+    assert "no-such-model" in there.stderr
+
+
+@pytest.mark.parametrize(
+    "setting, reason",
+    [
+        (("--set", "zygote.use=off"), "zygote.use = off"),
+        (("--plugins", "no:zygote"), None),
+    ],
+    ids=["zygote.use-off", "plugin-blocked"],
+)
+def test_a_config_that_turns_the_zygote_off_runs_the_command_in_the_caller(
+    shared_zygote, tiny_llama, tmp_path, setting, reason
+):
+    before = zygote_status(shared_zygote)
+    trace = tmp_path / "trace.json"
+    out = run_rt(
+        "generate", str(tiny_llama), "Hello", "--max-tokens", "3", "--json",
+        "--profile", "fast-startup", "--startup-trace", str(trace), *setting,
+        env=shared_zygote, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(json.loads(out.stdout)["token_ids"]) == 3
+    spans = [
+        e["args"]
+        for e in json.loads(trace.read_text())["traceEvents"]
+        if e.get("ph") == "X" and e["name"] == "preload" and e["args"].get("plugin") == "zygote"
+    ]
+    after = zygote_status(shared_zygote)
+    # A driver was forked, read the config, declined; nothing else came from the zygote.
+    assert after["commands"] == before["commands"] + 1
+    assert after["forks"] == before["forks"] + 1
+    if reason is None:
+        assert spans == []  # the plugin did not run at all
+    else:
+        [span] = spans
+        assert span["outcome"] == "skipped" and reason in span["reason"]
+        assert "driver" not in span["notes"]
