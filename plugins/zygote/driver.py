@@ -27,8 +27,9 @@ from typing import Any
 from rt.plugins.zygote.child import PR_SET_NAME, PR_SET_PDEATHSIG, become_caller, prctl, watch
 from rt.plugins.zygote.launch import COMMANDS, command_of
 
-# A driver whose caller died gets this long after SIGTERM to stop its ranks.
-GRACE_S = 10.0
+# A driver whose caller died gets this long after SIGTERM to drain (server.shutdown_grace_s,
+# 10 s by default) and stop its ranks.
+GRACE_S = 30.0
 
 # In a driver: the zygote it was forked from and the caller it serves ({} elsewhere).
 HANDED_OFF: dict[str, int] = {}
