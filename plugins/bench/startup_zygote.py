@@ -70,6 +70,7 @@ class BenchZygote:
             "rss_bytes": s.get("rss_bytes"),
             "rss_after_runs_bytes": (self.finished or {}).get("rss_bytes"),
             "forks": (self.finished or {}).get("forks"),
+            "commands": (self.finished or {}).get("commands"),
             "started_by_bench": not self.was_running,
         }
 
@@ -97,5 +98,6 @@ def describe(z: dict[str, Any]) -> str:
     return (
         f"zygote pid {z['pid']} ({origin}): resident memory {mib(z['rss_bytes'])} after its "
         f"start, {mib(z['rss_after_runs_bytes'])} after the runs; imported torch "
-        f"{z['torch']} in {z['import_s']} s; forked {z['forks']} rank processes"
+        f"{z['torch']} in {z['import_s']} s; forked {z['forks']} processes "
+        f"({z.get('commands') or 0} of them commands' drivers)"
     )

@@ -38,7 +38,8 @@ class _FakeZygote:
             "import_s": 2.0,
             "rss_bytes": 300 << 20,
             "rss_after_runs_bytes": 310 << 20,
-            "forks": 2,
+            "forks": 3,
+            "commands": 1,
             "started_by_bench": True,
         }
 
@@ -68,3 +69,11 @@ def test_bench_startup_runs_the_zygote_variant_with_the_zygote_allowed(
     assert made[0].finished and out["zygote"]["rss_bytes"] == 300 << 20
     assert {"tp=1 zygote / floor", "tp=1 zygote / fast"} <= set(out["ratios"])
     assert len(calls) == 3
+
+
+def test_the_summary_line_counts_the_drivers_among_the_forks():
+    from rt.plugins.bench.startup_zygote import describe
+
+    line = describe(_FakeZygote([]).summary())
+    assert "resident memory 300 MiB after its start, 310 MiB after the runs" in line
+    assert "forked 3 processes (1 of them commands' drivers)" in line
