@@ -5,11 +5,9 @@ busy or oversubscribed machine (TP=3 on 2 cores) a wake-up can wait for a schedu
 tick, ~4 ms, and a decode step of the default model runs 61 collectives: measured here,
 4.3 ms per all-reduce at TP=3 with gloo. In shared memory a rank copies its tensor into
 its own slot, publishes a call number, and waits for the other ranks' numbers by
-spinning briefly, then sleeping on the number's futex (futex.py), which the rank that
-publishes it wakes: the core goes at once to a rank still computing, and the waiter
-wakes as soon as its number changes. Where futexes are not available it yields its
-core, then sleeps on a timer. Then every rank sums (or concatenates) all the slots
-itself, in rank order, so every rank computes the same bits.
+spinning, then yielding its core (so a rank still computing on the same core runs at
+once), then sleeping. Then every rank sums (or concatenates) all the slots itself, in
+rank order, so every rank computes the same bits.
 
 Segment layout::
 
@@ -37,14 +35,13 @@ from typing import Any
 import torch
 from rt.core.errors import EngineDead, RtError
 from rt.core.shm import SHM_DIR, pid_alive, remove_stale, segment_name
-from rt.plugins.tp.futex import Futexes, unsupported
 
 PREFIX = "rt-tp-"
 CONTROL_BYTES = 4096
 MAX_RANKS = CONTROL_BYTES // 64
 DEFAULT_SLOT_BYTES = 4 << 20  # a [1820, 576] float32 activation: any decode batch
 SPINS = 200  # checks before yielding the core (~10-20 us)
-YIELD_S = 0.005  # without futexes: then sched_yield for this long
+YIELD_S = 0.005  # then sched_yield for this long
 MAX_SLEEP_S = 0.0005  # then sleep, doubling up to this
 LIVENESS_S = 0.25  # how often a waiting rank checks that the others are alive
 DEFAULT_TIMEOUT_S = 120.0  # parallel.collective_timeout_s, as the gloo groups' collectives
@@ -72,7 +69,6 @@ class ShmCollectives:
         slot_bytes: int,
         group: Any,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        futexes: Futexes | None = None,
     ):
         self.rank, self.world_size, self.slot_bytes = rank, world_size, slot_bytes
         self.timeout_s = timeout_s
@@ -87,8 +83,6 @@ class ShmCollectives:
         ).view(2, world_size, slot_bytes)
         self._views: dict[torch.dtype, torch.Tensor] = {}
         self._words[self._mine + 1] = os.getpid()
-        self._futexes = futexes
-        self._mine_offset = 8 * self._mine
 
     def _slots(self, dtype: torch.dtype) -> torch.Tensor:
         """``[2, world_size, slot_bytes // itemsize]`` view of the data in ``dtype``."""
@@ -129,8 +123,6 @@ class ShmCollectives:
         slots = self._slots(flat.dtype)[call % 2, :, : flat.numel()]
         slots[self.rank].copy_(flat)
         self._words[self._mine] = call  # the last store: publishes the slot
-        if self._futexes is not None:
-            self._futexes.wake(self._mine_offset)
         words = self._words
         for w in self._others:
             if words[w] < call:
@@ -144,11 +136,6 @@ class ShmCollectives:
     def _wait(self, word: int, call: int) -> None:
         words = self._words
         start = time.monotonic()
-        if self._futexes is not None:
-            while (seen := words[word]) < call:
-                if not self._futexes.wait(8 * word, seen, LIVENESS_S):
-                    self._check_alive(word // 8, call, time.monotonic() - start)
-            return
         next_check = start + LIVENESS_S
         sleep = 0.00002
         while words[word] < call:
@@ -230,9 +217,6 @@ def open_shm_collectives(
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-    futexes = None if unsupported() else Futexes(mm)
-    comm = ShmCollectives(
-        mm, rank, world_size, slot_bytes, dist.group.WORLD, timeout_s, futexes
-    )
+    comm = ShmCollectives(mm, rank, world_size, slot_bytes, dist.group.WORLD, timeout_s)
     dist.barrier(group=group)  # every pid is written before the first call
     return comm, f"shared memory, {slot_bytes >> 20} MiB slots"

@@ -1,13 +1,11 @@
 """Shared-memory collectives on three spawned CPU ranks: the same results as gloo, on
-every rank bit for bit, waiting on futexes or (where there are none) yielding and
-sleeping, gloo for tensors larger than a slot, and a dead rank named."""
+every rank bit for bit, gloo for tensors larger than a slot, and a dead rank named."""
 
 from __future__ import annotations
 
 import os
 import platform
 
-import pytest
 import torch
 from rt.plugins.tp.parallel import ParallelContext
 
@@ -24,12 +22,10 @@ def _open(ctx: ParallelContext):
     return comm
 
 
-def _collectives(ctx: ParallelContext, futexes: bool) -> dict:
+def _collectives(ctx: ParallelContext) -> dict:
     import torch.distributed as dist
 
     comm = _open(ctx)
-    if not futexes:
-        comm._futexes = None  # as on a system without them
     leftover = [n for n in os.listdir("/dev/shm") if n.startswith("rt-tp-")]
     out: dict = {"leftover": leftover, "sums": [], "gathers": [], "gloo": []}
     for call in range(7):  # more calls than the two alternating buffers
@@ -47,9 +43,8 @@ def _collectives(ctx: ParallelContext, futexes: bool) -> dict:
     return out
 
 
-@pytest.mark.parametrize("futexes", [True, False], ids=["futex", "yield-sleep"])
-def test_results_match_gloo_and_agree_across_ranks(futexes):
-    results = run_ranks(3, _collectives, futexes)
+def test_results_match_gloo_and_agree_across_ranks():
+    results = run_ranks(3, _collectives)
     for r in results:
         assert r["leftover"] == [], "the segment's name is gone once every rank mapped it"
         for got, gloo in zip(r["sums"], r["gloo"], strict=True):
