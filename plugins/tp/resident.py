@@ -20,15 +20,7 @@ from typing import Any
 
 from rt.core import hookimpl
 from rt.core.errors import ModelError
-
-# Every file Tokenizer.from_dir reads.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
+from rt.plugins.tp.model_source import TOKENIZER_FILES
 
 _loaded: dict[Path, tuple[tuple, Any]] = {}  # folder -> (files_key, Tokenizer)
 

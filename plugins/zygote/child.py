@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -93,6 +94,30 @@ def _rebuild_std_streams() -> None:
     sys.stderr = sys.__stderr__ = err
 
 
+def fork_child(close_fd: int, body: Callable[[], int]) -> int:
+    """Fork this nanny's one child and return its pid. The child closes ``close_fd`` (the
+    nanny's end of something it must not hold), dies with the nanny, runs ``body`` and
+    exits with its code (a ``SystemExit``'s too; 1 and a traceback on anything else)."""
+    nanny = os.getpid()
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 1
+    try:
+        os.close(close_fd)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != nanny:  # the nanny died before the line above
+            os._exit(1)
+        code = body()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _flush_std_streams()
+        os._exit(code)
+
+
 def _flush_std_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -141,21 +166,9 @@ def run_nanny(request: dict[str, Any], fds: list[int]) -> int:
     named = split_fds(request, fds)
     become_caller(request, named["stdio"])
     prctl(PR_SET_NAME, b"rt-zygote-nanny")
-    nanny = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(named["status"])
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != nanny:  # the nanny died before the line above
-                os._exit(1)
-            code = run_rank(named["data"], named["tracker"], named["inherited"])
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            _flush_std_streams()
-            os._exit(code)
+    pid = fork_child(
+        named["status"], lambda: run_rank(named["data"], named["tracker"], named["inherited"])
+    )
     from multiprocessing.forkserver import write_signed
 
     for fd in [*named["inherited"], *filter(None, [named["tracker"]])]:

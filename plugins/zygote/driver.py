@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import traceback
 from typing import Any
 
-from rt.plugins.zygote.child import PR_SET_NAME, PR_SET_PDEATHSIG, become_caller, prctl, watch
+from rt.plugins.zygote.child import PR_SET_NAME, become_caller, fork_child, prctl, watch
 from rt.plugins.zygote.launch import COMMANDS, command_of
 
 # A driver whose caller died gets this long after SIGTERM to drain (server.shutdown_grace_s,
@@ -57,27 +55,7 @@ def run_command_nanny(request: dict[str, Any], fds: list[int], caller_pid: int) 
     zygote = os.getppid()
     become_caller(request, stdio)
     prctl(PR_SET_NAME, b"rt-zygote-nanny")
-    nanny = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(life)
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != nanny:  # the nanny died before the line above
-                os._exit(1)
-            code = run_driver(request, status, caller_pid, zygote)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-            os._exit(code)
+    pid = fork_child(life, lambda: run_driver(request, status, caller_pid, zygote))
     code = watch(pid, life, GRACE_S)
     _write(status, {"exit": code})
     return 0
