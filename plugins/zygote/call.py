@@ -80,6 +80,11 @@ def _rlimits() -> dict[str, tuple[int, int]]:
     }
 
 
+def _affinity() -> list[int] | None:
+    """The CPUs this process may run on (``taskset``, systemd's ``CPUAffinity=``)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
 def _open_fd(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -90,7 +95,8 @@ def _open_fd(fd: int) -> bool:
 
 def caller_state() -> tuple[dict[str, Any], list[int]]:
     """What a forked child takes on from this process (``child.become_caller``): its
-    environment, directory, umask, limits, and which standard streams it has; and
+    environment, directory, umask, limits, CPU affinity and nice value, and which
+    standard streams it has; and
     those streams' fds, to send with the request."""
     stdio = [_open_fd(fd) for fd in (0, 1, 2)]
     state = {
@@ -98,6 +104,8 @@ def caller_state() -> tuple[dict[str, Any], list[int]]:
         "cwd": os.getcwd(),
         "umask": _umask(),
         "rlimits": _rlimits(),
+        "affinity": _affinity(),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "stdio": stdio,
     }
     return state, [fd for fd, present in zip((0, 1, 2), stdio, strict=True) if present]

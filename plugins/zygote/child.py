@@ -62,7 +62,8 @@ def split_fds(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
 
 
 def become_caller(request: dict[str, Any], stdio: dict[int, int]) -> None:
-    """Take on the caller's standard streams, directory, umask, environment, limits."""
+    """Take on the caller's standard streams, directory, umask, environment, limits,
+    CPU affinity and nice value."""
     _flush_std_streams()  # what is buffered is the zygote's, not the caller's
     for target in (0, 1, 2):
         fd = stdio.get(target)
@@ -81,6 +82,8 @@ def become_caller(request: dict[str, Any], stdio: dict[int, int]) -> None:
     os.environ.update(request["env"])
     for name, (soft, hard) in request["rlimits"].items():
         _set_limit(name, soft, hard)
+    _set_affinity(request.get("affinity"))
+    _set_nice(request.get("nice"))
 
 
 def _rebuild_std_streams() -> None:
@@ -159,6 +162,44 @@ def _set_limit(name: str, soft: int, hard: int) -> None:
         "shell with the caller's limits to keep them.",
         file=sys.stderr,
     )
+
+
+def _set_affinity(cpus: list[int] | None) -> None:
+    # The rank's thread count follows its affinity (cores.py): a caller started under
+    # `taskset -c 0-3` must get 4 threads' worth, not the zygote's whole machine.
+    if cpus is None or not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as e:
+        print(
+            f"rt zygote: cannot run on the caller's CPUs {_cpu_list(cpus)} ({e.strerror}): "
+            f"the zygote's cpuset allows {_cpu_list(sorted(os.sched_getaffinity(0)))}. Start "
+            "the zygote where the caller runs (the same container or systemd unit).",
+            file=sys.stderr,
+        )
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    return ",".join(map(str, cpus))
+
+
+def _set_nice(nice: int | None) -> None:
+    if nice is None:
+        return
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice == own:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        # Lowering the nice value (a higher priority) needs CAP_SYS_NICE.
+        print(
+            f"rt zygote: cannot take the caller's nice value {nice} (the zygote's is {own}, "
+            f"and lowering it needs CAP_SYS_NICE); it stays {own}. Start the zygote with "
+            "the caller's nice value to keep it.",
+            file=sys.stderr,
+        )
 
 
 def run_nanny(request: dict[str, Any], fds: list[int]) -> int:

@@ -36,10 +36,18 @@ def main() -> None:
         resource.setrlimit(
             resource.RLIMIT_NOFILE, (123, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         )
+        os.sched_setaffinity(0, [min(os.sched_getaffinity(0))])  # as `taskset -c N` would
+        os.nice(3)
         p = ctx.Process(target=child_targets.report, args=(sys.argv[2],))
         p.start()
         p.join(30)
-        _say(caller=os.getpid(), child=p.pid, exitcode=p.exitcode)
+        _say(
+            caller=os.getpid(),
+            child=p.pid,
+            exitcode=p.exitcode,
+            affinity=sorted(os.sched_getaffinity(0)),
+            nice=os.getpriority(os.PRIO_PROCESS, 0),
+        )
     elif action == "exits":  # exit codes and signals, as Process reports them
         codes = []
         for target, args in ((child_targets.exit_with, (7,)), (time.sleep, (600,))):

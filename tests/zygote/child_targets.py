@@ -18,6 +18,8 @@ def report(path: str) -> None:
         "mark": os.environ.get("RT_TEST_MARK"),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "umask": umask,
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
     }
     with open(path, "w") as f:
         json.dump(facts, f)

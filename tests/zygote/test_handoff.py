@@ -1,12 +1,15 @@
 """``rt serve`` and ``rt generate`` handed to the zygote, which forks their driver: signals
 reach the driver, the caller's death stops it and its ranks, exit codes and errors come
-back, and a config that turns the zygote off runs the command in the caller."""
+back, a config that turns the zygote off runs the command in the caller, and the
+driver and its rank run on the caller's CPUs."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,23 @@ def test_a_config_that_turns_the_zygote_off_runs_the_command_in_the_caller(
         [span] = spans
         assert span["outcome"] == "skipped" and reason in span["reason"]
         assert "driver" not in span["notes"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to leave the caller 1")
+def test_the_driver_and_its_rank_run_on_the_callers_cpus(shared_zygote, tiny_llama, tmp_path):
+    # As `taskset -c N rt generate ...`: the zygote runs on every CPU, the caller on one.
+    one = min(os.sched_getaffinity(0))
+    trace = tmp_path / "trace.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "rt", "generate", str(tiny_llama), "Hello", "--max-tokens", "2",
+         "--json", "--profile", "fast-startup", "--startup-trace", str(trace)],
+        capture_output=True, text=True, env={**os.environ, **shared_zygote}, timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, [one]),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    events = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
+    [zygote] = [e for e in events if e["name"] == "preload" and e["args"]["plugin"] == "zygote"]
+    assert "forked from zygote" in zygote["args"]["notes"]["driver"]
+    [weights] = [e for e in events if e["name"] == "load-weights" and e["cat"] == "hook"]
+    # the rank sized its threads by the caller's one CPU, not the zygote's
+    assert "one thread" in weights["args"]["notes"]["layout"], weights["args"]["notes"]

@@ -56,7 +56,9 @@ def test_start_status_stop_round_trip(zygote_env):
     assert gone.returncode == 1 and "no zygote runs" in gone.stdout
 
 
-def test_a_child_takes_its_callers_directory_environment_limits_and_streams(zygote_env, tmp_path):
+def test_a_child_takes_its_callers_directory_environment_limits_cpus_nice_and_streams(
+    zygote_env, tmp_path
+):
     status = start_zygote(zygote_env)
     work = tmp_path / "work"
     work.mkdir()
@@ -71,6 +73,9 @@ def test_a_child_takes_its_callers_directory_environment_limits_and_streams(zygo
     assert said["exitcode"] == 0 and said["child"] == child["pid"]
     assert child["cwd"] == str(work) and child["mark"] == "from-the-caller"
     assert child["nofile"] == 123 and child["umask"] == 0o027
+    # the zygote runs on every CPU at nice 0; the child takes the caller's one CPU and +3
+    assert child["affinity"] == said["affinity"] and len(said["affinity"]) == 1
+    assert child["nice"] == said["nice"] and said["nice"] >= 3
     assert "hello from the child" in out  # its stdout is the caller's
     assert zygote_status(zygote_env)["forks"] == 1 and pid_alive(status["pid"])
 
