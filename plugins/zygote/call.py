@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import socket
 from typing import Any
 
@@ -80,6 +81,24 @@ def _rlimits() -> dict[str, tuple[int, int]]:
     }
 
 
+# Signals whose SIG_IGN a process keeps across exec, as a child forked from the zygote
+# must (`nohup rt serve` ignores SIGHUP; a script's `rt serve &` ignores SIGINT and
+# SIGQUIT).
+INHERITED_IGNORES = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+def ignored_signals() -> list[int]:
+    """The signals of :data:`INHERITED_IGNORES` this process ignores."""
+    return [int(s) for s in INHERITED_IGNORES if signal.getsignal(s) == signal.SIG_IGN]
+
+
 def _affinity() -> list[int] | None:
     """The CPUs this process may run on (``taskset``, systemd's ``CPUAffinity=``)."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
@@ -95,8 +114,8 @@ def _open_fd(fd: int) -> bool:
 
 def caller_state() -> tuple[dict[str, Any], list[int]]:
     """What a forked child takes on from this process (``child.become_caller``): its
-    environment, directory, umask, limits, CPU affinity and nice value, and which
-    standard streams it has; and
+    environment, directory, umask, limits, CPU affinity, nice value and ignored
+    signals, and which standard streams it has; and
     those streams' fds, to send with the request."""
     stdio = [_open_fd(fd) for fd in (0, 1, 2)]
     state = {
@@ -106,6 +125,7 @@ def caller_state() -> tuple[dict[str, Any], list[int]]:
         "rlimits": _rlimits(),
         "affinity": _affinity(),
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "ignored_signals": ignored_signals(),
         "stdio": stdio,
     }
     return state, [fd for fd, present in zip((0, 1, 2), stdio, strict=True) if present]

@@ -63,7 +63,7 @@ def split_fds(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
 
 def become_caller(request: dict[str, Any], stdio: dict[int, int]) -> None:
     """Take on the caller's standard streams, directory, umask, environment, limits,
-    CPU affinity and nice value."""
+    CPU affinity, nice value and ignored signals."""
     _flush_std_streams()  # what is buffered is the zygote's, not the caller's
     for target in (0, 1, 2):
         fd = stdio.get(target)
@@ -76,6 +76,8 @@ def become_caller(request: dict[str, Any], stdio: dict[int, int]) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in request.get("ignored_signals", ()):  # as exec keeps SIG_IGN
+        signal.signal(sig, signal.SIG_IGN)
     os.chdir(request["cwd"])
     os.umask(request["umask"])
     os.environ.clear()

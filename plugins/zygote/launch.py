@@ -9,7 +9,8 @@ forks a nanny that takes them on and forks the driver, which runs the command as
 ``rt`` would (``driver.py``). This process then:
 
 - forwards the signals a user or a supervisor sends (SIGINT, SIGTERM, SIGHUP, SIGQUIT,
-  SIGUSR1, SIGUSR2) to the driver;
+  SIGUSR1, SIGUSR2) to the driver, except those it ignores, which the driver ignores
+  too (``nohup``);
 - holds a pipe whose other end the nanny watches: if this process dies, however it
   dies, the nanny stops the driver (SIGTERM, then SIGKILL), and the driver's ranks
   go with it;
@@ -103,7 +104,13 @@ class _Forwarder:
     def __init__(self) -> None:
         self.pid: int | None = None
         self.pending: list[int] = []
-        self.previous = {sig: signal.signal(sig, self) for sig in FORWARDED}
+        # A signal the caller ignores stays ignored here, and in the driver (it took
+        # the caller's ignores): `nohup rt serve` outlives its terminal as without a zygote.
+        self.previous = {
+            sig: signal.signal(sig, self)
+            for sig in FORWARDED
+            if signal.getsignal(sig) != signal.SIG_IGN
+        }
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.pid is None:

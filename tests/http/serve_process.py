@@ -80,8 +80,11 @@ class Served:
 
 
 @contextmanager
-def rt_serve(model: Path, env: dict[str, str], log: Path, *args: str) -> Iterator[Served]:
-    """``rt serve MODEL --port 0 ARGS`` until ready; killed on the way out if still up."""
+def rt_serve(
+    model: Path, env: dict[str, str], log: Path, *args: str, preexec_fn=None
+) -> Iterator[Served]:
+    """``rt serve MODEL --port 0 ARGS`` until ready; killed on the way out if still up.
+    ``preexec_fn`` runs in the child before ``rt`` starts (``nohup``, ``taskset``)."""
     cmd = [sys.executable, "-m", "rt", "serve", str(model), "--plugins=http", "--port", "0"]
     with log.open("w") as err:
         proc = subprocess.Popen(
@@ -89,6 +92,7 @@ def rt_serve(model: Path, env: dict[str, str], log: Path, *args: str) -> Iterato
             stdout=subprocess.DEVNULL,
             stderr=err,
             env={**env, "OMP_NUM_THREADS": "1"},
+            preexec_fn=preexec_fn,
         )
     try:
         wait_for(lambda: "rt: serving on" in log.read_text() or proc.poll() is not None)

@@ -1,7 +1,8 @@
 """``rt serve`` and ``rt generate`` handed to the zygote, which forks their driver: signals
 reach the driver, the caller's death stops it and its ranks, exit codes and errors come
-back, a config that turns the zygote off runs the command in the caller, and the
-driver and its rank run on the caller's CPUs."""
+back, a config that turns the zygote off runs the command in the caller, the driver
+and its rank run on the caller's CPUs, and a caller's ignored SIGHUP (``nohup``) is the
+driver's too."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import run_rt
@@ -135,3 +138,24 @@ def test_the_driver_and_its_rank_run_on_the_callers_cpus(shared_zygote, tiny_lla
     [weights] = [e for e in events if e["name"] == "load-weights" and e["cat"] == "hook"]
     # the rank sized its threads by the caller's one CPU, not the zygote's
     assert "one thread" in weights["args"]["notes"]["layout"], weights["args"]["notes"]
+
+
+@pytest.mark.parametrize("zygote", [True, False], ids=["zygote", "no-zygote"])
+def test_nohup_keeps_serving_after_a_hangup(shared_zygote, tiny_llama, tmp_path, zygote):
+    # `nohup rt serve &`: the caller ignores SIGHUP, so the terminal's hang-up passes it
+    # by, and with a zygote its driver too.
+    env = {**os.environ, **shared_zygote}
+    args = ["--profile", "fast-startup"] + ([] if zygote else ["--no-zygote"])
+    ignore_hup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731
+    with rt_serve(tiny_llama, env, tmp_path / "serve.log", *args, preexec_fn=ignore_hup) as s:
+        drivers = _drivers(zygote_status(shared_zygote)["pid"])
+        assert len(drivers) == (1 if zygote else 0)
+        served = [s.proc.pid, *drivers, *s.rank_pids().values()]
+        s.proc.send_signal(signal.SIGHUP)
+        for pid in drivers:
+            os.kill(pid, signal.SIGHUP)  # as a session's hang-up reaches every process
+        time.sleep(1.0)
+        assert [alive(pid) for pid in served] == [True] * len(served), s.log_text()[-3000:]
+        assert httpx.get(s.url + "/health").status_code == 200
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=60) == 0, s.log_text()[-3000:]
