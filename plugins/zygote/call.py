@@ -12,6 +12,7 @@ import signal
 import socket
 from typing import Any
 
+from rt.plugins.zygote.launch import FORWARDED
 from rt.plugins.zygote.paths import ZygotePaths, folder_problem, socket_address
 from rt.plugins.zygote.wire import foreign_peer, peer_credentials, recv_message, send_message
 
@@ -81,22 +82,12 @@ def _rlimits() -> dict[str, tuple[int, int]]:
     }
 
 
-# Signals whose SIG_IGN a process keeps across exec, as a child forked from the zygote
-# must (`nohup rt serve` ignores SIGHUP; a script's `rt serve &` ignores SIGINT and
-# SIGQUIT).
-INHERITED_IGNORES = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
-
-
 def ignored_signals() -> list[int]:
-    """The signals of :data:`INHERITED_IGNORES` this process ignores."""
-    return [int(s) for s in INHERITED_IGNORES if signal.getsignal(s) == signal.SIG_IGN]
+    """The signals a user or supervisor sends (those the launcher forwards) that this
+    process ignores. A process keeps SIG_IGN across exec, and a child forked from the
+    zygote must too: `nohup rt serve` ignores SIGHUP, a script's `rt serve &` SIGINT and
+    SIGQUIT."""
+    return [int(s) for s in FORWARDED if signal.getsignal(s) == signal.SIG_IGN]
 
 
 def _affinity() -> list[int] | None:

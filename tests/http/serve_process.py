@@ -71,9 +71,10 @@ class Served:
     log: Path
 
     def rank_pids(self) -> dict[int, int]:
-        """Rank -> pid, from the startup timeline the server publishes."""
+        """Rank -> pid, from the startup timeline the server publishes: the process that
+        ran the rank's load-weights stage (the driver's spans carry rank 0 too)."""
         spans = httpx.get(self.url + "/startup", timeout=10).json()["spans"]
-        return {s["rank"]: s["pid"] for s in spans if s.get("rank") is not None}
+        return {s["rank"]: s["pid"] for s in spans if s["stage"] == "load-weights"}
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
