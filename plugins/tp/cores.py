@@ -16,6 +16,22 @@ def threads_per_rank(world_size: int) -> int:
     return max(1, usable_cores() // world_size)
 
 
+def cores_shared(device_type: str, local_ranks: int) -> str | None:
+    """Why this node's CPU ranks take turns on its cores (for the timeline), or None.
+
+    With more ranks than cores each rank runs one thread, and between two of a step's
+    collectives a rank that found no free core runs while the others wait for it: TP=3
+    on 2 cores decodes slower than TP=1 there (docs/startup.md).
+    """
+    cores = usable_cores()
+    if device_type != "cpu" or local_ranks <= cores:
+        return None
+    return (
+        f"{local_ranks} ranks on {cores} CPU cores take turns: each collective waits for "
+        f"the rank that runs last (up to {cores} ranks run side by side)"
+    )
+
+
 def run_with_threads(fn: Callable[[], T], threads: int) -> T:
     """``fn()`` with ``threads`` torch threads, in a thread of its own; its exception is
     re-raised here.

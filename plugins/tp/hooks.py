@@ -201,6 +201,7 @@ def _dtype(config: Any, device: Any, checkpoint_dtype: str) -> Any:
 
 @hookimpl(trylast=True)
 def rt_load_weights(config: Any, runtime: Any) -> Any:
+    from rt.plugins.tp.cores import cores_shared
     from rt.plugins.tp.distributed import describe_device
     from rt.plugins.tp.model_config import ModelConfig
     from rt.plugins.tp.model_runner import ModelRunner
@@ -223,6 +224,9 @@ def rt_load_weights(config: Any, runtime: Any) -> Any:
     note("from", runner.load_weights(use_prepared=use_prepared))
     note("quantization", runner.describe_quantization())
     note("layout", runner.layout.describe())
+    shared = cores_shared(device.type, config.parallel.local_ranks or config.parallel.tp)
+    if shared:
+        note("cores", shared)
     note("param_bytes", runner.param_bytes())
     note("dtype", str(runner.dtype).removeprefix("torch."))
     return runner

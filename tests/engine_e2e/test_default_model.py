@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -67,3 +68,5 @@ def test_tp3_gives_the_same_tokens(default_cache_dir):
     three = run_rt(*args, "--tp", "3", "Hello, my name is", env=env)
     assert one.returncode == 0 and three.returncode == 0, three.stderr[-3000:]
     assert json.loads(one.stdout)["token_ids"] == json.loads(three.stdout)["token_ids"]
+    if len(os.sched_getaffinity(0)) < 3:  # the timeline says why TP=3 is slow here
+        assert "3 ranks on" in three.stderr and "take turns" in three.stderr
