@@ -1,8 +1,8 @@
 """rt's layers run eagerly while another thread traces with torch.fx (a background compile).
 
 ``torch.fx`` replaces ``torch.nn.Module.__call__`` process-wide while it traces; a plain
-module called on another thread then fails. rt's layers keep the original call
-(layers/module.py)."""
+module called on another thread then fails. rt's layers call their ``forward`` directly
+(layers/module.py), which also skips nn.Module's hook machinery."""
 
 from __future__ import annotations
 
@@ -58,3 +58,12 @@ def test_a_plain_module_would_not():
     plain = torch.nn.Sequential(torch.nn.ReLU())
     with pytest.raises(NameError, match="not installed as a submodule"):
         _while_tracing(lambda: plain(torch.ones(2)))
+
+
+def test_an_rt_layer_call_is_its_forward_and_runs_no_hooks():
+    layer = _Outer(SiluAndMul())
+    seen: list[str] = []
+    layer.register_forward_pre_hook(lambda module, args: seen.append("hook"))
+    x = torch.randn(2, 8)
+    assert torch.equal(layer(x), layer.forward(x))
+    assert seen == []
