@@ -95,22 +95,19 @@ def launch(argv: list[str]) -> int | None:
         os.close(status_r)
         os.close(life_w)
         return None  # the CLI asks again and notes why on its timeline
-    return _stand_in(status_r)
+    return _stand_in(status_r, state["ignored_signals"])
 
 
 class _Forwarder:
     """Forwards signals to the driver once its pid is known; keeps them until then."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignored: list[int]) -> None:
         self.pid: int | None = None
         self.pending: list[int] = []
-        # A signal the caller ignores stays ignored here, and in the driver (it took
-        # the caller's ignores): `nohup rt serve` outlives its terminal as without a zygote.
-        self.previous = {
-            sig: signal.signal(sig, self)
-            for sig in FORWARDED
-            if signal.getsignal(sig) != signal.SIG_IGN
-        }
+        # A signal the caller ignores (call.ignored_signals, sent with the request)
+        # stays ignored here, as in the driver: `nohup rt serve` outlives its terminal
+        # as without a zygote.
+        self.previous = {sig: signal.signal(sig, self) for sig in FORWARDED if sig not in ignored}
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.pid is None:
@@ -142,9 +139,9 @@ def _lines(fd: int):
                 continue
 
 
-def _stand_in(status_r: int) -> int | None:
+def _stand_in(status_r: int, ignored: list[int]) -> int | None:
     """Wait for the driver: its pid, then its exit code (None: it declined)."""
-    forward = _Forwarder()
+    forward = _Forwarder(ignored)
     try:
         for message in _lines(status_r):
             if "declined" in message:
