@@ -125,7 +125,11 @@ def _early_pairs(early: argparse.Namespace) -> list[tuple[str, object, str]]:
     return pairs
 
 
-def build_parser(pm: RtPluginManager) -> argparse.ArgumentParser:
+def build_parser(pm: RtPluginManager, command: str = "") -> argparse.ArgumentParser:
+    """The full parser, or for ``command`` (a subcommand's name, as :func:`resolve`
+    found it) one that completes only that subcommand's options and registers no
+    benchmarks unless it is ``bench``: the options and benchmark modules of every
+    other command cost a start ~30-60 ms (imports, argparse, gettext lookups)."""
     parser = argparse.ArgumentParser(
         prog="rt",
         description="rt: an LLM serving runtime whose startup is fast, visible and swappable.",
@@ -134,18 +138,25 @@ def build_parser(pm: RtPluginManager) -> argparse.ArgumentParser:
     add_config_options(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     pm.hook.rt_register_commands(subparsers=subparsers)
-    _add_bench_command(pm, subparsers)
+    only = command if command == "bench" or command in subparsers.choices else None
+    _add_bench_command(pm, subparsers, benchmarks=only in (None, "bench"))
     for name, sub in subparsers.choices.items():
-        add_config_options(sub)
-        pm.hook.rt_add_options(parser=sub, command=name)
+        if only is None or name == only:
+            add_config_options(sub)
+            pm.hook.rt_add_options(parser=sub, command=name)
     return parser
 
 
-def _add_bench_command(pm: RtPluginManager, subparsers: argparse._SubParsersAction) -> None:
-    """``rt bench NAME``: benchmarks come from plugins via ``rt_register_benchmarks``."""
+def _add_bench_command(
+    pm: RtPluginManager, subparsers: argparse._SubParsersAction, benchmarks: bool = True
+) -> None:
+    """``rt bench NAME``: benchmarks come from plugins via ``rt_register_benchmarks``
+    (without ``benchmarks``, the command alone: another command is running)."""
     bench = subparsers.add_parser(
         "bench", help="benchmarks (startup, generate, serve, compile-cache, broadcast)"
     )
+    if not benchmarks:
+        return
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     pm.hook.rt_register_benchmarks(subparsers=bench_sub)
     for name, sub in bench_sub.choices.items():
@@ -186,7 +197,7 @@ def _run(argv: Sequence[str], resolved: Resolved | None) -> int:
     pm, stages = build_plugin_manager(r.selection)
     cli_start = time.time()
     pm.hook.rt_cli_start(command=r.command, config=r.base)
-    parser = build_parser(pm)
+    parser = build_parser(pm, r.command)
     args = parser.parse_args(list(argv))
     handler = getattr(args, "handler", None)
     if handler is None:
