@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import signal
 import socket
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 
@@ -23,6 +26,7 @@ from rt.core.config import Config
 from rt.core.errors import StageFailed, user_error
 from rt.core.selection import Selection
 from rt.core.step import StepMetadata
+from rt.core.timeline import Span
 
 
 @attrs.frozen
@@ -55,6 +59,7 @@ def rank_main(
     a rank started by ``rt worker`` on another node has none. ``driver_steps``:
     rank 0's step pipe from the driver; ``store_listener``: rank 0's listening socket
     for the rendezvous store (``distributed.init_distributed``)."""
+    entered = time.time()  # forked and handed its spec
     if conn is not None:
         _die_with_parent()
     # What the forkserver imported (torch: hundreds of thousands of objects) is there
@@ -84,6 +89,7 @@ def rank_main(
                 store_listener,
                 spec.config.parallel.collective_timeout_s,
             )
+        joined = time.time()
         runtime = create_runtime(
             spec.config,
             spec.selection,
@@ -92,6 +98,7 @@ def rank_main(
             only_where="ranks",
             driver=False,
         )
+        runtime.timeline.add([_joined_span(spec, entered, joined, groups)])
         runtime.services["process_groups"] = groups
         runtime.services["device"] = device
         run_startup(runtime)
@@ -124,6 +131,29 @@ def rank_main(
         if runtime is not None:
             runtime.shutdown()
         destroy_distributed()
+
+
+def _joined_span(spec: RankSpec, entered: float, joined: float, groups: dict | None) -> Span:
+    """The rank's part of ``workers``: from its start (forked, spec read) until it has
+    joined the process group, which waits for the last rank to be forked. Without it a
+    timeline shows a gap between the driver's ``workers`` and each rank's first stage."""
+    joined_what = "none: one rank"
+    if groups is not None:
+        import torch.distributed as dist
+
+        joined_what = f"{spec.world_size} ranks ({dist.get_backend(groups['world'])})"
+    return Span(
+        stage="workers",
+        plugin="tp",
+        rank=spec.rank,
+        pid=os.getpid(),
+        thread=threading.current_thread().name,
+        start=entered,
+        end=joined,
+        outcome="ok",
+        kind="task",
+        notes={"process_group": joined_what},
+    )
 
 
 def _engine_info(runtime) -> object:

@@ -102,3 +102,21 @@ def test_on_cuda_rank0_in_its_own_process_gives_the_same_tokens(tiny_llama):
         assert result.returncode == 0, result.stderr[-3000:]
         tokens[rank0] = json.loads(result.stdout)["token_ids"]
     assert tokens["process"] == tokens["driver"]
+
+
+def test_each_rank_process_times_its_start_until_it_joined_the_group(tiny_llama):
+    runtime = start_runtime(tiny_llama, ("parallel.rank0", "process"), ("parallel.tp", "2"))
+    try:
+        processes = runtime.services["workers"].processes
+        spans = runtime.timeline.spans()
+        driver = next(s for s in spans if s.stage == "workers" and s.kind == "stage")
+        joined = {s.rank: s for s in spans if s.stage == "workers" and s.kind == "task"}
+        assert sorted(joined) == [0, 1]
+        for rank, span in joined.items():
+            assert span.pid == processes[rank].pid and span.outcome == "ok"
+            assert span.notes["process_group"] == "2 ranks (gloo)"
+            # forked after the driver asked; joined before its first stage began
+            first = min(s.start for s in spans if s.pid == span.pid and s.kind == "stage")
+            assert driver.start <= span.start <= span.end <= first
+    finally:
+        runtime.shutdown()
