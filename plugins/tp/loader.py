@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from rt.core.errors import ModelError
+from rt.plugins.tp.layers.module import set_registered
 from rt.plugins.tp.layers.weight_source import default_weight_loader
 from rt.plugins.tp.safetensors_format import read_header
 from rt.plugins.tp.weights_plan import checkpoint_files
@@ -36,7 +37,7 @@ def replace_parameters(
                 q = nn.Parameter(tensor_for(p), requires_grad=False)
                 q.__dict__.update(p.__dict__)
                 new[id(p)] = q
-            module._parameters[name] = new[id(p)]
+            set_registered(module, "_parameters", name, new[id(p)])
 
 
 def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
