@@ -15,10 +15,9 @@ class RMSNorm(Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(hidden_size), requires_grad=False)
         self.weight.weight_loader = default_weight_loader
-        # (weight, its data_ptr, [w, w]) for _cpu_norm, rebuilt when the weight or its
-        # storage changes (weights are mapped or loaded once, before the first step,
-        # never updated in place after)
-        self._doubled: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        # [w, w] for _cpu_norm, rebuilt when the weight's storage changes (weights are
+        # mapped or loaded once, before the first step, never updated in place after)
+        self._doubled: tuple[int, torch.Tensor] | None = None
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and not torch.compiler.is_dynamo_compiling():
@@ -42,11 +41,11 @@ class RMSNorm(Module):
         # Python layer (~10 us a call here, 61 calls a step).
         weight = self.weight
         doubled = self._doubled
-        if doubled is None or doubled[0] is not weight or doubled[1] != weight.data_ptr():
-            doubled = self._doubled = (weight, weight.data_ptr(), torch.cat([weight, weight]))
+        if doubled is None or doubled[0] != weight.data_ptr():
+            doubled = self._doubled = (weight.data_ptr(), torch.cat([weight, weight]))
         h = x.shape[-1]
         both = torch.cat([x, x.neg()], dim=-1)
-        return torch.layer_norm(both, (2 * h,), doubled[2], None, self.eps).narrow(-1, 0, h)
+        return torch.layer_norm(both, (2 * h,), doubled[1], None, self.eps).narrow(-1, 0, h)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None

@@ -4,9 +4,9 @@
 checks, the tracing-state lookup): ~10 us a call between the decode step's weight
 passes, over ~330 layer calls a token. rt's layers register no hooks, so a layer's
 class makes its ``forward`` its ``__call__`` (no frame in between; an instance's own
-``forward`` attribute is not consulted): a SmolLM2 int4 decode step took ~6% less at TP=1 and ~7-15%
-less for one rank's share at TP=3 (best of 3 rounds of 32 tokens, in-process, 2-core
-AMD EPYC). Dynamo traces the call like any Python function.
+``forward`` attribute is not consulted): a SmolLM2 int4 decode step took ~6% less at
+TP=1 and ~7-15% less for one rank's share at TP=3 (best of 3 rounds of 32 tokens,
+in-process, 2-core AMD EPYC). Dynamo traces the call like any Python function.
 
 It also keeps the serving thread clear of ``torch.fx``: while any thread traces with
 it (AOTAutograd does, on the thread of a background compile), ``nn.Module.__call__`` is
