@@ -70,3 +70,21 @@ def test_tp3_gives_the_same_tokens(default_cache_dir):
     assert json.loads(one.stdout)["token_ids"] == json.loads(three.stdout)["token_ids"]
     if len(os.sched_getaffinity(0)) < 3:  # the timeline says why TP=3 is slow here
         assert "3 ranks on" in three.stderr and "take turns" in three.stderr
+
+
+def test_bfloat16_activations_through_the_int4_decoder(default_cache_dir):
+    # A bfloat16 model hands the int4 kernel its norms' outputs as they are: strided
+    # views once a step has more than one token (the prompt's prefill here).
+    result = run_rt(
+        "generate",
+        "--dtype",
+        "bfloat16",
+        "--max-tokens",
+        "8",
+        "--json",
+        "The capital of France is",
+        env={"RT_CACHE_DIR": str(default_cache_dir)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dtype=bfloat16" in result.stderr and "quantization=int4" in result.stderr
+    assert "Paris" in json.loads(result.stdout)["text"]

@@ -86,6 +86,21 @@ def test_kernel_multiplies_by_the_dequantized_matrix(tokens):
     assert 0 < (dequantize(w) - w).abs().max() < 1.1 * w.abs().max() / 15
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 5, INT4_MAX_TOKENS])
+def test_kernel_takes_a_strided_view(tokens, dtype):
+    # As a bfloat16 model's norm hands it over: the first half of [T, 2K], strided
+    # for T > 1 (the kernel itself refuses a non-contiguous x).
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(96, 64, generator=g)
+    x = torch.randn(tokens, 128, generator=g).to(dtype).narrow(-1, 0, 64)
+    packed, scale_zero, dense = quantize(w, dense_copy=False)
+    y = int4_linear(x, packed, scale_zero, dense, GROUP_SIZE, None)
+    assert y.dtype == dtype
+    expected = x.bfloat16().float() @ dequantize(w).t()
+    torch.testing.assert_close(y.float(), expected, atol=0.05, rtol=0.01)
+
+
 def test_longer_steps_multiply_by_the_dense_bfloat16_copy():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(96, 64, generator=g)

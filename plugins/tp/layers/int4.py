@@ -113,7 +113,10 @@ def int4_linear(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """``x W^T + b`` for a quantized weight; x: [T, K] in any float dtype -> [T, N] like x."""
-    xb = x.to(torch.bfloat16)
+    # The kernel needs a contiguous x. Converting float32 copies into a contiguous
+    # tensor; a bfloat16 x is passed on as it is, and may be a view (the norm's output
+    # is a narrow of [T, 2K]: strided once T > 1).
+    xb = x.to(torch.bfloat16) if x.dtype != torch.bfloat16 else x.contiguous()
     if x.shape[0] > INT4_MAX_TOKENS and dense.numel():
         y = torch.mm(xb, dense.t())
     else:
