@@ -114,7 +114,7 @@ def start_command(args: argparse.Namespace, cli: CliContext) -> int:
     if running is not None:
         why = running["stale"]
         if why is None and running["plugins"] != plugins:
-            why = f"it imported plugins {running['plugins']}, this start selects {plugins}"
+            why = _plugins_differ(running["plugins"], plugins)
         if why is None:
             print(f"already running: {describe(running)[0]}")
             return 0
@@ -123,6 +123,18 @@ def start_command(args: argparse.Namespace, cli: CliContext) -> int:
     status = _spawn(paths, cli, config, args.timeout)
     print("\n".join(describe(status)))
     return 0
+
+
+def _plugins_differ(imported: list[str], selected: list[str]) -> str:
+    """Why a running zygote's plugins do not serve this start, naming only the change."""
+    added = [p for p in selected if p not in imported]
+    dropped = [p for p in imported if p not in selected]
+    parts = []
+    if added:
+        parts.append(f"this start also selects {', '.join(added)}")
+    if dropped:
+        parts.append(f"it imported {', '.join(dropped)}, which this start does not select")
+    return "; ".join(parts) or f"it registered the same plugins in another order: {imported}"
 
 
 def _spawn(paths: ZygotePaths, cli: CliContext, config: Any, timeout: float) -> dict[str, Any]:

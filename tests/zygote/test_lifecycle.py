@@ -171,3 +171,14 @@ def test_a_stale_zygote_is_refused_the_caller_falls_back_and_start_replaces_it(
     assert wait_gone(status["pid"])
     fresh = zygote_status(env)
     assert fresh["stale"] is None and fresh["versions"]["rt-probe-plugin"] == "1.1"
+
+    # Current, but importing a plugin this start does not select: replaced, saying which.
+    unselected = {k: v for k, v in env.items() if k != "RT_PLUGINS"}
+    again = run_rt("zygote", "start", env=unselected, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (
+        f"replacing zygote pid {fresh['pid']}: it imported probe, which this start does not "
+        "select" in again.stdout
+    )
+    assert wait_gone(fresh["pid"])
+    assert "probe" not in zygote_status(unselected)["plugins"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from rt.core.errors import ConfigError
 from rt.plugins.zygote import call, home, launch, server
+from rt.plugins.zygote.commands import _plugins_differ
 from rt.plugins.zygote.fingerprint import SourceFile, changed_sources, source_files
 from rt.plugins.zygote.imported import Imported
 from rt.plugins.zygote.installation import installation, installation_difference
@@ -207,3 +208,13 @@ def test_the_launcher_declines_other_commands_and_the_zygote_turned_off(monkeypa
     assert not launch._declined_early(["generate", "m", "--", "--no-zygote"])
     monkeypatch.setenv("RT_ZYGOTE__USE", "off")
     assert launch._declined_early(["serve", "m"])
+
+
+def test_a_replaced_zygote_names_only_the_plugins_that_changed():
+    assert _plugins_differ(["tp", "http"], ["tp", "http", "shm-broadcast"]) == (
+        "this start also selects shm-broadcast"
+    )
+    assert _plugins_differ(["tp", "probe", "http"], ["tp", "http", "p2p-table"]) == (
+        "this start also selects p2p-table; it imported probe, which this start does not select"
+    )
+    assert "another order" in _plugins_differ(["a", "b"], ["b", "a"])
