@@ -46,8 +46,29 @@ def launched(argv: Sequence[str]) -> int | None:
     return None
 
 
+def deleted_working_directory() -> str | None:
+    """The error line for a working directory that no longer exists, else None.
+
+    Run there, ``import torch`` dies in MKL's loader ("Intel oneMKL FATAL ERROR: Cannot
+    load libtorch_cpu.so"), a zygote cannot hand its fork the directory, and relative
+    paths mean nothing: rt says so before any of that.
+    """
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return (
+            "rt: error: the current directory no longer exists (it was deleted, or its "
+            "mount went away); cd to an existing directory and run rt again"
+        )
+    return None
+
+
 def console_main() -> None:
     """The ``rt`` executable (and ``python -m rt``)."""
+    error = deleted_working_directory()
+    if error is not None:
+        print(error, file=sys.stderr)
+        os._exit(2)
     code = launched(sys.argv[1:])
     if code is None:
         from rt.core.cli import console_main as run_here

@@ -151,3 +151,24 @@ def test_a_bug_in_a_plugin_prints_its_traceback(site_dir: Path, tmp_path: Path) 
     assert "Traceback" in result.stderr
     assert "stage 'model' failed in plugin 'buggy': KeyError" in result.stderr
     assert "rt_buggy.py" in result.stderr
+
+
+@pytest.mark.parametrize("command", [("generate", "hi"), ("zygote", "status")])
+def test_a_deleted_working_directory(tmp_path: Path, command: tuple[str, ...]) -> None:
+    # Every command, with or without a zygote: torch cannot even be imported there.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_then_delete() -> None:
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    result = subprocess.run(
+        [*rt_command(), *command],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RT_CACHE_DIR": str(tmp_path / "rt-cache")},
+        preexec_fn=enter_then_delete,
+        timeout=120,
+    )
+    one_error_line(result, 2, "the current directory no longer exists", "cd to an existing")
