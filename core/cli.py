@@ -22,6 +22,7 @@ from rt.core.cli_context import CliContext, config_option_pairs
 from rt.core.config import Config
 from rt.core.discovery import Catalog, discover
 from rt.core.errors import RtError, StageFailed, debug_enabled, user_error
+from rt.core.output import GuardedStdout, finish_output
 from rt.core.pluginmanager import RtPluginManager, build_plugin_manager
 from rt.core.profile_registry import load_config
 from rt.core.selection import Selection, select
@@ -215,6 +216,9 @@ def main(argv: Sequence[str] | None = None, resolved: Resolved | None = None) ->
     if _wants_debug(argv):
         # --debug is RT_DEBUG=1 for this run, so the rank processes it starts inherit it.
         os.environ["RT_DEBUG"] = "1"
+    stdout = sys.stdout
+    if stdout is not None and not isinstance(stdout, GuardedStdout):
+        sys.stdout = GuardedStdout(stdout)  # a failed write is an OutputError: output.py
     try:
         return _run(argv, resolved)
     except RtError as e:
@@ -225,6 +229,7 @@ def main(argv: Sequence[str] | None = None, resolved: Resolved | None = None) ->
         sys.stderr.close()
         return 0
     finally:
+        sys.stdout = stdout
         if before is None:
             os.environ.pop("RT_DEBUG", None)
         else:
@@ -265,12 +270,7 @@ def console_main() -> None:
     ~0.5 s of freeing torch state, and avoids C++ threads of torch.distributed that can
     abort ("terminate called without an active exception") when destroyed at exit.
     """
-    code = main()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)
+    os._exit(finish_output(main()))
 
 
 if __name__ == "__main__":

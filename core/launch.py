@@ -74,8 +74,6 @@ def console_main() -> None:
         from rt.core.cli import console_main as run_here
 
         run_here()  # exits
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)
+    from rt.core.output import finish_output
+
+    os._exit(finish_output(code))

@@ -33,6 +33,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from rt.core.output import finish_output
+
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
@@ -119,8 +121,9 @@ def fork_child(close_fd: int, body: Callable[[], int]) -> int:
     except BaseException:
         traceback.print_exc()
     finally:
-        _flush_std_streams()
-        os._exit(code)
+        # the caller's output, which it may have asked for in a file: a failed write
+        # (a full disk) is an error and exit 1, as in the caller's own process
+        os._exit(finish_output(code))
 
 
 def _flush_std_streams() -> None:

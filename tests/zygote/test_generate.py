@@ -5,6 +5,7 @@ that never initialised CUDA."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,23 @@ def test_a_cuda_rank_forked_from_the_zygote(shared_zygote, tiny_llama, tmp_path)
     assert through["token_ids"] == without["token_ids"]
     assert _zygote_span(tmp_path / "b.json")["outcome"] == "ok"
     assert zygote_status(shared_zygote)["cuda_initialized"] is False
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("zygote", ["through the zygote", "--no-zygote"])
+def test_output_to_a_full_disk_is_an_error_not_a_lost_result(shared_zygote, tiny_llama, zygote):
+    # /dev/full fails every write with ENOSPC, as a full disk does. Unbuffered or not,
+    # through a zygote's driver (which exits with os._exit) or in the rt process.
+    options = [zygote] if zygote.startswith("--") else []
+    for unbuffered in ("1", ""):
+        env = {**os.environ, **shared_zygote, "PYTHONUNBUFFERED": unbuffered}
+        with open("/dev/full", "w") as full:
+            out = subprocess.run(
+                [sys.executable, "-m", "rt", "generate", str(tiny_llama), PROMPT,
+                 "--max-tokens", "2", *options],
+                stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=300,
+            )  # fmt: skip
+        assert out.returncode == 1, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr, out.stderr[-3000:]
+        [line] = [s for s in out.stderr.splitlines() if s.startswith("rt: error:")]
+        assert line == "rt: error: cannot write to standard output: [Errno 28] No space left on device"
