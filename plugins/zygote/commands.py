@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import pickle
@@ -20,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rt.core.cli_context import CliContext, print_json
@@ -110,19 +113,32 @@ def start_command(args: argparse.Namespace, cli: CliContext) -> int:
     paths = zygote_paths()
     make_private_folder(paths.folder)
     plugins = [p.name for p in cli.selection.plugins]
-    running = _status(paths)
-    if running is not None:
-        why = running["stale"]
-        if why is None and running["plugins"] != plugins:
-            why = _plugins_differ(running["plugins"], plugins)
-        if why is None:
-            print(f"already running: {describe(running)[0]}")
-            return 0
-        print(f"replacing zygote pid {running['pid']}: {why}")
-        _stop(paths, args.timeout)
-    status = _spawn(paths, cli, config, args.timeout)
+    # Two starts at once take turns: the second finds the first's zygote running.
+    with _start_lock(paths):
+        running = _status(paths)
+        if running is not None:
+            why = running["stale"]
+            if why is None and running["plugins"] != plugins:
+                why = _plugins_differ(running["plugins"], plugins)
+            if why is None:
+                print(f"already running: {describe(running)[0]}")
+                return 0
+            print(f"replacing zygote pid {running['pid']}: {why}")
+            _stop(paths, args.timeout)
+        status = _spawn(paths, cli, config, args.timeout)
     print("\n".join(describe(status)))
     return 0
+
+
+@contextlib.contextmanager
+def _start_lock(paths: ZygotePaths) -> Iterator[None]:
+    """Held by one `rt zygote start` from its status check until its zygote is up."""
+    fd = os.open(paths.folder / "start.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the holder's own start ends within its timeout
+        yield
+    finally:
+        os.close(fd)
 
 
 def _plugins_differ(imported: list[str], selected: list[str]) -> str:

@@ -137,4 +137,6 @@ def test_output_to_a_full_disk_is_an_error_not_a_lost_result(shared_zygote, tiny
         assert out.returncode == 1, out.stderr[-3000:]
         assert "Traceback" not in out.stderr, out.stderr[-3000:]
         [line] = [s for s in out.stderr.splitlines() if s.startswith("rt: error:")]
-        assert line == "rt: error: cannot write to standard output: [Errno 28] No space left on device"
+        assert (
+            line == "rt: error: cannot write to standard output: [Errno 28] No space left on device"
+        )

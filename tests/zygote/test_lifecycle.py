@@ -56,6 +56,22 @@ def test_start_status_stop_round_trip(zygote_env):
     assert gone.returncode == 1 and "no zygote runs" in gone.stdout
 
 
+def test_two_starts_at_once_leave_one_zygote_and_both_succeed(zygote_env):
+    command = [sys.executable, "-m", "rt", "zygote", "start"]
+    env = {**os.environ, **zygote_env}
+    starts = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in starts]
+    assert [p.returncode for p in starts] == [0, 0], outs
+    pid = zygote_status(zygote_env)["pid"]
+    assert sum("already running: zygote pid" in out for out, _ in outs) == 1, outs
+    assert all(f"zygote pid {pid}," in out for out, _ in outs), outs
+
+
 def test_a_child_takes_its_callers_directory_environment_limits_cpus_nice_and_streams(
     zygote_env, tmp_path
 ):
