@@ -53,15 +53,14 @@ class GuardedStdout:
 def finish_output(code: int) -> int:
     """Flush standard output and error before ``os._exit(code)``; returns the code to
     exit with: ``code``, or 1 when the output could not be written (said on stderr)."""
+    stdout = sys.stdout
     try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
+        if stdout is not None:
+            # main() has put the plain stream back by now: guard it again
+            (stdout if isinstance(stdout, GuardedStdout) else GuardedStdout(stdout)).flush()
     except (BrokenPipeError, ValueError):  # the reader left; closed by the command
         pass
-    except OSError as e:  # the plain stream, after the command
-        _say(f"rt: error: {OutputError(e)}")
-        code = code or 1
-    except OutputError as e:  # the guarded one
+    except OutputError as e:
         _say(f"rt: error: {e}")
         code = code or 1
     try:
