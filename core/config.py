@@ -155,6 +155,9 @@ class ServerConfig:
     port: int = attrs.field(default=8000, validator=[instance_of(int), ge(0)])
     api_key: str | None = attrs.field(default=None, validator=optional(instance_of(str)))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=[instance_of(int), gt(0)])
+    # A request's whole body must arrive within this long, or 408 and the connection
+    # closes (a client that stops mid-body would otherwise hold it forever).
+    body_timeout_s: float = attrs.field(default=30.0, validator=[gt(0.0)])
     shutdown_grace_s: float = attrs.field(default=10.0, validator=[ge(0.0)])
     # A dead engine (a rank died) never comes back: exit non-zero so a supervisor
     # restarts the server. false keeps it up, answering 503, for inspection.

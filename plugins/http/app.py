@@ -8,7 +8,6 @@ when one is set. Every response carries an ``x-request-id`` (``request_id.py``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from rt.core.engine import engine_death
 from rt.core.timeline_export import to_json
 from rt.plugins.http import openai_api as oa
 from rt.plugins.http import openapi, startup_page
+from rt.plugins.http.body import read_json
 from rt.plugins.http.errors import ApiError, error_body, error_response
 from rt.plugins.http.generation import respond
 from rt.plugins.http.metrics import CONTENT_TYPE
@@ -44,30 +44,11 @@ ROUTES = (
 )
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past ``limit`` bytes, 400 if malformed."""
-    too_big = ApiError(413, f"the request body is larger than the limit of {limit} bytes")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise too_big
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise too_big
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, a 4300+-digit integer
-        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return data
-
-
 def build_app(state: ServerState, started: threading.Event) -> Starlette:
-    limit = state.config.max_body_bytes
+    limit, body_timeout_s = state.config.max_body_bytes, state.config.body_timeout_s
+
+    async def body_json(request: Request) -> dict[str, Any]:
+        return await read_json(request, limit, body_timeout_s, state.closing)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -120,12 +101,12 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
     async def completions(request: Request) -> Response:
         state.check_api_key(request.headers.get("authorization"))
         state.engine()  # 503 before reading a body we could not serve
-        return await respond(state, request, oa.parse_completion(await read_json(request, limit)))
+        return await respond(state, request, oa.parse_completion(await body_json(request)))
 
     async def chat(request: Request) -> Response:
         state.check_api_key(request.headers.get("authorization"))
         state.engine()
-        return await respond(state, request, oa.parse_chat(await read_json(request, limit)))
+        return await respond(state, request, oa.parse_chat(await body_json(request)))
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)

@@ -119,6 +119,8 @@ _ERRORS = {
     "(code context_length_exceeded).",
     "401": "The API key is missing or wrong (code invalid_api_key).",
     "404": "An unknown model (code model_not_found).",
+    "408": "The whole body did not arrive within server.body_timeout_s (code "
+    "request_timeout); the connection is closed.",
     "413": "The body is larger than server.max_body_bytes.",
     "422": "A value out of range or of the wrong type; param names the field.",
     "503": "Not ready yet (with Retry-After), startup failed, shutting down, or the engine "
@@ -154,9 +156,9 @@ def _generation(summary: str, body: str, response: str, secured: bool) -> dict[s
         }
     }
     statuses = (
-        ("400", "401", "404", "413", "422", "503")
+        ("400", "401", "404", "408", "413", "422", "503")
         if secured
-        else ("400", "404", "413", "422", "503")
+        else ("400", "404", "408", "413", "422", "503")
     )
     operation = {
         "summary": summary,

@@ -172,6 +172,7 @@ class HttpServer:
             # New requests get a 503 that says why, not a refused connection, until
             # the requests in flight are done.
             self.state.draining = True
+            self._call_in_loop(self.state.closing.set)
             deadline = time.monotonic() + grace
             while self.state.inflight and time.monotonic() < deadline:
                 if self._force.wait(0.05):

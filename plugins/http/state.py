@@ -88,6 +88,9 @@ class ServerState:
         self.metrics = ServerMetrics(runtime)
         self.inflight: dict[str, RequestStream] = {}
         self.draining = False
+        # Set (in the server's event loop) when shutdown starts: requests still waiting
+        # for their bodies answer 503 at once (body.py).
+        self.closing = asyncio.Event()
         self.started_at = int(time.time())
 
     def engine(self) -> Engine:

@@ -1,0 +1,73 @@
+"""Reading a request's JSON body: a size limit, a deadline, and a server that stops.
+
+A client that sends its headers and then too little of its body (a crashed client behind
+a proxy that never closes, a slow-body attack) would otherwise hold its connection and a
+task forever: Hypercorn's own timeouts cover only a connection with no complete request
+(``keep_alive_timeout``). So the whole body must arrive within ``server.body_timeout_s``
+of the handler's first read (408 past it), and a server that starts shutting down
+answers a request still waiting for its body with 503 at once instead of holding the
+shutdown for the grace period. Neither response reads the rest of the body: Hypercorn
+then closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from rt.plugins.http.errors import ApiError, not_ready
+from starlette.requests import Request
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    too_big = ApiError(413, f"the request body is larger than the limit of {limit} bytes")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_big
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise too_big
+    return bytes(body)
+
+
+async def _body_in_time(
+    request: Request, limit: int, timeout_s: float, closing: asyncio.Event
+) -> bytes:
+    reading = asyncio.ensure_future(_body(request, limit))
+    stopping = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait((reading, stopping), timeout=timeout_s, return_when="FIRST_COMPLETED")
+    finally:
+        stopping.cancel()
+        if not reading.done():
+            reading.cancel()
+    if reading.done() and not reading.cancelled():
+        return reading.result()  # the body, or its 413
+    if closing.is_set():
+        raise not_ready("the server is shutting down")
+    raise ApiError(
+        408,
+        f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s)",
+        code="request_timeout",
+        headers={"Connection": "close"},
+    )
+
+
+async def read_json(
+    request: Request, limit: int, timeout_s: float, closing: asyncio.Event
+) -> dict[str, Any]:
+    """The request body as a JSON object: 413 past ``limit`` bytes, 408 if it is not all
+    there within ``timeout_s``, 503 once ``closing`` is set, 400 if it is malformed."""
+    body = await _body_in_time(request, limit, timeout_s, closing)
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, a 4300+-digit integer
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return data
