@@ -46,9 +46,27 @@ def rt_register_commands(subparsers: Any) -> None:
     p.set_defaults(handler=generate_command)
 
 
+def utf8_argument(value: str, what: str) -> str:
+    """``value`` if it is text; else a usage error naming the byte that is not UTF-8 (a
+    command line carries bytes, and Python keeps undecodable ones as lone surrogates,
+    which no tokenizer takes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(value[e.start])
+        bad = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise UsageError(
+            f"{what} is not valid UTF-8: {bad} at character {e.start} of {value!r}; "
+            "pass UTF-8 text"
+        ) from None
+    return value
+
+
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
     from rt.core.step import SamplingParams
 
+    for stop in args.stop:
+        utf8_argument(stop, "--stop")
     try:
         return SamplingParams(
             temperature=args.temperature,
@@ -77,6 +95,7 @@ def generate_command(args: argparse.Namespace, cli: CliContext) -> int:
     from rt.core.engine import GenerationRequest, generate_blocking
     from rt.core.startup import report_startup, run_startup
 
+    utf8_argument(args.prompt, "the prompt")
     sampling = sampling_from_args(args)
     extra = [("model.source", args.model, "MODEL")] if args.model else []
     config = cli.config(args, extra)

@@ -70,4 +70,32 @@ async def read_json(
         raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    found = _lone_surrogate(data)
+    if found is not None:
+        where, char = found
+        raise ApiError(
+            400,
+            f"{where} is not valid Unicode: it holds the lone surrogate \\u{ord(char):04x} "
+            "(a \\uD800-\\uDFFF escape must be one half of a pair)",
+            param=where.split(".")[0].split("[")[0],
+        )
     return data
+
+
+def _lone_surrogate(data: dict[str, Any]) -> tuple[str, str] | None:
+    """A string in ``data`` that JSON's ``\\uD800`` escapes left unpaired, as (its path,
+    the surrogate), or None: no tokenizer or UTF-8 encoder can take one. Iterative: a
+    body may nest as deep as the JSON parser allows."""
+    todo: list[tuple[str, Any]] = [(key, value) for key, value in data.items()]
+    while todo:
+        where, value = todo.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return where, value[e.start]
+        elif isinstance(value, dict):
+            todo.extend((f"{where}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list):
+            todo.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None

@@ -115,6 +115,14 @@ def test_bad_sampling_option(tmp_path: Path) -> None:
     one_error_line(result, 2, "temperature must be >= 0", "-1.0")
 
 
+@pytest.mark.parametrize("args", [("caf\udcff",), (PROMPT, "--stop", "\udcfe")])
+def test_text_that_is_not_utf8(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # A lone surrogate here is the byte 0xff (0xfe) on the command line (os.fsencode).
+    result = run_cli(tmp_path, "generate", "org/x", *args)
+    byte = "0xff" if args[0] != PROMPT else "0xfe"
+    one_error_line(result, 2, "is not valid UTF-8", f"byte {byte}", "pass UTF-8 text")
+
+
 @pytest.mark.parametrize("how", ["--debug", "RT_DEBUG=1"])
 def test_debug_shows_the_traceback(tmp_path: Path, how: str) -> None:
     missing = str(tmp_path / "no-such-model")

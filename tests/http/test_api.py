@@ -227,6 +227,31 @@ def test_bad_chat_bodies_are_422(server, body):
     assert_error_body(httpx.post(server + "/v1/chat/completions", json=body), 422)
 
 
+@pytest.mark.parametrize(
+    ("route", "raw", "where"),
+    [
+        ("completions", rb'{"prompt": "hi \ud800 there"}', "prompt"),
+        ("completions", rb'{"prompt": "hi", "stop": ["\udc00"]}', "stop[0]"),
+        (
+            "chat/completions",
+            rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}',
+            "messages[0].content[0].text",
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_400_naming_where(server, route, raw, where):
+    # JSON may escape half of a UTF-16 pair; no tokenizer can take the string.
+    error = assert_error_body(httpx.post(f"{server}/v1/{route}", content=raw), 400)
+    assert error["message"].startswith(f"{where} is not valid Unicode: it holds the lone")
+    assert error["param"] == where.split("[")[0]
+
+
+def test_a_surrogate_pair_is_one_character(server):
+    raw = rb'{"prompt": "fox \ud83e\udd8a", "max_tokens": 1}'
+    r = httpx.post(server + "/v1/completions", content=raw)
+    assert r.status_code == 200, r.text
+
+
 def test_integral_floats_and_unicode_are_accepted(client, model):
     out = client.completions.create(
         model=model, prompt="café こんにちは 🦊", max_tokens=2.0, seed=7.0, temperature=0
