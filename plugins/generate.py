@@ -56,8 +56,7 @@ def utf8_argument(value: str, what: str) -> str:
         code = ord(value[e.start])
         bad = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
         raise UsageError(
-            f"{what} is not valid UTF-8: {bad} at character {e.start} of {value!r}; "
-            "pass UTF-8 text"
+            f"{what} is not valid UTF-8: {bad} at character {e.start} of {value!r}; pass UTF-8 text"
         ) from None
     return value
 
