@@ -2,13 +2,43 @@
 
 Segments are named ``<prefix><creator pid>-<random>`` under ``/dev/shm`` so that a
 later start can tell a leftover of a dead process from a live one's segment.
+
+A segment's pages are reserved when it is made (:func:`reserve`): ``/dev/shm`` is a
+tmpfs, often small (a container's default is 64 MiB), and a page touched past its room
+is a SIGBUS that kills the process mid-step, where a reservation that does not fit is
+an error its caller can turn into a fallback.
 """
 
 from __future__ import annotations
 
 import os
 
+from rt.core.errors import RtError
+
 SHM_DIR = "/dev/shm"
+MIB = 1 << 20
+
+
+class ShmFull(RtError):
+    """``/dev/shm`` cannot hold a segment; the message says how big, what is free and
+    how to give it more."""
+
+
+def reserve(fd: int, size: int, shm_dir: str = SHM_DIR) -> None:
+    """Allocate every page of the segment open at ``fd`` (``size`` bytes) now."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        try:
+            st = os.statvfs(shm_dir)
+            room = f" ({st.f_bavail * st.f_frsize / MIB:.0f} MiB free of {st.f_blocks * st.f_frsize / MIB:.0f} MiB)"
+        except OSError:
+            room = ""
+        raise ShmFull(
+            f"{shm_dir} has no room for a {size / MIB:.1f} MiB shared-memory segment{room}: "
+            f"{e.strerror}; give it more (docker run --shm-size=1g; on Kubernetes an "
+            "emptyDir with medium: Memory mounted at /dev/shm)"
+        ) from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -181,7 +181,7 @@ def _parallel_context(config: Any, runtime: Any) -> Any:
             groups["control"],
             timeout_s=config.parallel.collective_timeout_s,
         )
-        note("collectives", how)
+        note("collectives", how if collectives is not None else f"gloo: {how}")
     return ParallelContext(
         rank=runtime.rank,
         world_size=runtime.world_size,

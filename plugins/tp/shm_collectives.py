@@ -25,6 +25,7 @@ through gloo too.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import platform
@@ -34,7 +35,9 @@ from typing import Any
 
 import torch
 from rt.core.errors import EngineDead, RtError
-from rt.core.shm import SHM_DIR, pid_alive, remove_stale, segment_name
+from rt.core.shm import SHM_DIR, ShmFull, pid_alive, remove_stale, reserve, segment_name
+
+log = logging.getLogger("rt.tp")
 
 PREFIX = "rt-tp-"
 CONTROL_BYTES = 4096
@@ -163,6 +166,26 @@ class ShmCollectives:
             )
 
 
+def _create(size: int) -> tuple[str | None, str | None]:
+    """Rank 0: make and reserve the segment; (its name, None) or (None, why not)."""
+    name = segment_name(PREFIX)
+    path = os.path.join(SHM_DIR, name)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        reserve(fd, size)
+    except ShmFull as e:
+        os.unlink(path)
+        log.warning("the TP ranks use gloo collectives: %s", e)
+        return None, str(e)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return name, None
+
+
 def open_shm_collectives(
     rank: int,
     world_size: int,
@@ -190,15 +213,12 @@ def open_shm_collectives(
     box: list[Any] = [None]
     if rank == 0:
         remove_stale(PREFIX)
-        name = segment_name(PREFIX)
-        fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            os.ftruncate(fd, size)
-        finally:
-            os.close(fd)
-        box[0] = name
+        box[0] = _create(size)
     dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
-    path = os.path.join(SHM_DIR, box[0])
+    name, problem = box[0]
+    if problem is not None:
+        return None, problem
+    path = os.path.join(SHM_DIR, name)
     try:
         try:
             fd = os.open(path, os.O_RDWR)

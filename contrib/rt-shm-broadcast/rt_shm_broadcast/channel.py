@@ -2,7 +2,8 @@
 
 Ranks on the driver's node read a shared-memory ring (``ring.py``); ranks on other
 nodes get the same fixed-size frame with one ``torch.distributed.broadcast`` of a
-uint8 tensor over a gloo group of the driver and those ranks (no size message).
+uint8 tensor over a gloo group of the driver and those ranks (no size message). When
+``/dev/shm`` cannot hold the ring, every rank gets the frame that way.
 Both carry frames of the layout in ``codec.py``.
 
 Set-up (every rank, once, over the gloo ``broadcast`` group): gather each rank's
@@ -13,6 +14,7 @@ remote ranks, frame size); local ranks attach, remote ranks join the gloo subgro
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -21,10 +23,13 @@ from typing import Any
 import attrs
 from rt.core.channel import Message
 from rt.core.errors import ConfigError
+from rt.core.shm import ShmFull
 
 from rt_shm_broadcast.codec import FRAME_ENV, Encoder
 from rt_shm_broadcast.decode import Decoder
 from rt_shm_broadcast.ring import ChannelClosed, Ring, remove_stale
+
+log = logging.getLogger("rt.shm_broadcast")
 
 SLOTS_ENV = "RT_SHM_BROADCAST_SLOTS"
 DEFAULT_FRAME_BYTES = 1 << 20  # 256 seqs with 1k block ids each, with room to spare
@@ -54,6 +59,7 @@ class Plan:
     frame_bytes: int
     slots: int
     stale_removed: tuple[str, ...] = ()
+    shm_problem: str | None = None  # why the local ranks read no ring (a full /dev/shm)
 
 
 class ShmBroadcastChannel:
@@ -93,10 +99,15 @@ class ShmBroadcastChannel:
             frame = _env_int(FRAME_ENV, DEFAULT_FRAME_BYTES, 4096)
             slots = _env_int(SLOTS_ENV, DEFAULT_SLOTS, 2)
             stale = tuple(remove_stale())
+            problem = None
             if local:
-                ring = Ring.create(len(local), slots, frame)
-                frame = ring.frame_bytes
-            box[0] = Plan(ring.name if ring else None, local, remote, frame, slots, stale)
+                try:
+                    ring = Ring.create(len(local), slots, frame)
+                    frame = ring.frame_bytes
+                except ShmFull as e:  # the frame goes over gloo to every rank instead
+                    local, remote, problem = (), tuple(range(1, world_size)), str(e)
+                    log.warning("shm-broadcast sends step metadata over gloo: %s", e)
+            box[0] = Plan(ring.name if ring else None, local, remote, frame, slots, stale, problem)
         dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
         plan: Plan = box[0]
         sub = None

@@ -54,6 +54,8 @@ def rt_metadata_broadcaster(config: Any, runtime: Any) -> Any:
     note("slots", plan.slots)
     note("shm_ranks", len(plan.local))
     note("gloo_ranks", len(plan.remote))
+    if plan.shm_problem:
+        note("gloo_because", plan.shm_problem)
     if plan.stale_removed:
         note("stale_removed", ",".join(plan.stale_removed))
     return channel

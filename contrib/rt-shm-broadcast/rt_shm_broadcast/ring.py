@@ -130,6 +130,7 @@ class Ring:
             atexit.register(_unlink_owned)
         try:
             os.ftruncate(fd, size)
+            shm.reserve(fd, size, shm_dir)  # a full /dev/shm: ShmFull now, not SIGBUS later
             mm = mmap.mmap(fd, size)
         except BaseException:
             unlink(name, shm_dir)

@@ -5,7 +5,8 @@ Loaded by a test's ``rt`` subprocess (this folder on its PYTHONPATH) with
 fail as the kernel would fail them, EROFS when opening for writing, creating or renaming
 (``ro``), ENOSPC once 1 MiB has been written there (``full``, the tail of the write that
 crosses it lands first, so a half-written file is left as a real full disk leaves it,
-and ``os.statvfs`` reports no free blocks there).
+and ``os.statvfs`` reports no free blocks there; ``os.posix_fallocate`` of a file there,
+how rt reserves a ``/dev/shm`` segment, fails with ENOSPC past 1 MiB).
 Only the tests use it: rt itself never reads the variable. Writes from native code
 (tokenizers' Rust ``save``) bypass it; rt's big files are written through Python.
 """
@@ -104,7 +105,17 @@ def _install() -> None:
             fields + (st.f_files, st.f_ffree, st.f_favail, st.f_flag, st.f_namemax)
         )
 
+    real_fallocate = os.posix_fallocate
+
+    def fake_fallocate(fd, offset, length):  # noqa: ANN001, ANN202
+        # tmpfs (/dev/shm) allocates a segment's pages here: past the budget, ENOSPC
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if _MODE == "full" and _under(path) and offset + length > _BUDGET[0]:
+            raise _fail(errno.ENOSPC, path)
+        return real_fallocate(fd, offset, length)
+
     os.statvfs = fake_statvfs
+    os.posix_fallocate = fake_fallocate
     io.open = builtins.open = fake_open
     os.open, os.mkdir, os.rename, os.replace = fake_os_open, fake_mkdir, fake_rename, fake_replace
 
