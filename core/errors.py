@@ -75,7 +75,11 @@ def user_error(error: BaseException) -> RtError | None:
     """
     while isinstance(error, StageFailed):
         error = error.cause
-    return error if isinstance(error, RtError) else None
+    if isinstance(error, RtError):
+        return error
+    from rt.core.limits import too_many_open_files
+
+    return too_many_open_files(error)  # a limit the user can raise, not a bug
 
 
 def debug_enabled() -> bool:

@@ -69,6 +69,9 @@ def console_main() -> None:
     if error is not None:
         print(error, file=sys.stderr)
         os._exit(2)
+    from rt.core.limits import raise_open_files_limit
+
+    raise_open_files_limit()  # before a launcher hands this process's limits on
     code = launched(sys.argv[1:])
     if code is None:
         from rt.core.cli import console_main as run_here

@@ -62,6 +62,9 @@ def run_startup(runtime: Runtime) -> StageScheduler:
     Raises the first stage failure. Background stages may still be running; the
     returned scheduler can wait for them.
     """
+    from rt.core.limits import check_open_files_limit
+
+    check_open_files_limit()  # below it, process-group set-up fails without saying why
     runtime.configure()
     scheduler = StageScheduler(
         runtime, runtime.stages, sequential=runtime.config.startup.sequential

@@ -10,6 +10,7 @@ servable model (a port in use, a TP size) are in tests/engine_e2e/test_cli_user_
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,11 @@ def rt_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "rt"]
 
 
-def run_cli(tmp_path: Path, *args: str, **env: str | None) -> subprocess.CompletedProcess:
-    """``rt ARGS`` offline, with its caches in ``tmp_path``; ``env`` adds (None: removes)."""
+def run_cli(
+    tmp_path: Path, *args: str, preexec_fn=None, **env: str | None
+) -> subprocess.CompletedProcess:
+    """``rt ARGS`` offline, with its caches in ``tmp_path``; ``env`` adds (None: removes);
+    ``preexec_fn`` runs in the child before ``rt`` (to set a limit)."""
     environ = {
         **os.environ,
         "RT_CACHE_DIR": str(tmp_path / "rt-cache"),
@@ -42,7 +46,12 @@ def run_cli(tmp_path: Path, *args: str, **env: str | None) -> subprocess.Complet
         else:
             environ[name] = value
     return subprocess.run(
-        [*rt_command(), *args], capture_output=True, text=True, env=environ, timeout=120
+        [*rt_command(), *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -121,6 +130,15 @@ def test_text_that_is_not_utf8(tmp_path: Path, args: tuple[str, ...]) -> None:
     result = run_cli(tmp_path, "generate", "org/x", *args)
     byte = "0xff" if args[0] != PROMPT else "0xfe"
     one_error_line(result, 2, "is not valid UTF-8", f"byte {byte}", "pass UTF-8 text")
+
+
+def test_an_open_files_limit_too_low_to_start(tmp_path: Path) -> None:
+    # Below it torch's rendezvous fails without saying why, or hangs for two minutes.
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    result = run_cli(tmp_path, "generate", "org/x", PROMPT, preexec_fn=low_limit)
+    one_error_line(result, 1, "may hold only 64 open files", "ulimit -n", "LimitNOFILE=")
 
 
 @pytest.mark.parametrize("how", ["--debug", "RT_DEBUG=1"])
