@@ -167,22 +167,25 @@ def measure_gpu_memory(runner: Any, max_tokens: int, max_len: int, graph_batch: 
     )
 
 
-# The KV cache budget when cache.memory is "auto" on a CPU.
-CPU_KV_BUDGET = 512 * 1024 * 1024
-
-
 def kv_cache_budget(config: Any, runner: Any) -> tuple[int, dict[str, Any]]:
     """The bytes this rank's KV cache may take, and what the timeline should note.
 
     ``cache.memory`` when set; else on CUDA measured (:func:`measure_gpu_memory`), on
-    CPU a fixed 512 MiB (the OS backs the cache only as blocks are used).
+    CPU 512 MiB, less where the node has less to spare. On CPU the budget of every rank
+    of the node is checked against the memory available (host_memory.py).
     """
     from rt.core.config import parse_bytes
 
-    if config.cache.memory != "auto":
-        return parse_bytes(config.cache.memory), {"budget_from": "cache.memory"}
+    configured = None if config.cache.memory == "auto" else parse_bytes(config.cache.memory)
     if runner.device.type != "cuda":
-        return CPU_KV_BUDGET, {"budget_from": "CPU default"}
+        from rt.plugins.tp.host_memory import available_memory, cpu_kv_budget
+
+        tp = config.parallel.tp
+        local_ranks = min(config.parallel.local_ranks or tp, tp)
+        budget, source = cpu_kv_budget(configured, local_ranks, available_memory())
+        return budget, {"budget_from": source}
+    if configured is not None:
+        return configured, {"budget_from": "cache.memory"}
     sched = config.scheduler
     max_len = min(config.model.max_model_len or runner.model_config.max_model_len,
                   runner.model_config.max_model_len)  # fmt: skip

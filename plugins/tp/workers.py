@@ -86,6 +86,14 @@ def start_all(processes: list[mp.process.BaseProcess]) -> None:
         raise failures[0]
 
 
+def _readable(conn: Connection) -> bool:
+    """Something (a message, or the end of the pipe) is waiting on ``conn``."""
+    try:
+        return conn.poll(0)
+    except (EOFError, OSError):
+        return True  # recv will say which, and drop the pipe
+
+
 class WorkerGroup:
     """The worker ranks of a TP group started on this node."""
 
@@ -157,17 +165,26 @@ class WorkerGroup:
             waitables = list(sentinels) + list(conns)
             if not waitables:
                 return
-            for ready in wait(waitables):
-                if ready in conns:
-                    rank = conns[ready]
-                    try:
-                        self._on_message(rank, ready.recv())
-                    except (EOFError, OSError):
-                        del conns[ready]
-                else:
-                    rank = sentinels.pop(ready)
-                    self.processes[rank].join(timeout=1)
-                    self._on_exit(rank)
+            ready = wait(waitables)
+            for conn in [r for r in ready if r in conns]:
+                self._receive(conn, conns)
+            for sentinel in [r for r in ready if r in sentinels]:
+                rank = sentinels.pop(sentinel)
+                self.processes[rank].join(timeout=1)
+                # What the rank sent before it exited (its error report) may be ready in
+                # the same wait as its exit: read it first, or the death reads as a bare
+                # "exited with code 1".
+                for conn in [c for c, r in conns.items() if r == rank]:
+                    while conn in conns and _readable(conn):
+                        self._receive(conn, conns)
+                self._on_exit(rank)
+
+    def _receive(self, conn: Connection, conns: dict[Connection, int]) -> None:
+        """One message from a rank's pipe; a closed pipe leaves ``conns``."""
+        try:
+            self._on_message(conns[conn], conn.recv())
+        except (EOFError, OSError):
+            del conns[conn]
 
     def _on_message(self, rank: int, message: tuple) -> None:
         with self._cond:
