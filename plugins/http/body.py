@@ -7,7 +7,8 @@ task forever: Hypercorn's own timeouts cover only a connection with no complete 
 of the handler's first read (408 past it), and a server that starts shutting down
 answers a request still waiting for its body with 503 at once instead of holding the
 shutdown for the grace period. Neither response reads the rest of the body: Hypercorn
-then closes the connection.
+then closes the connection. A client that leaves mid-body is counted as 499 (nginx's
+"client closed request"), not logged as a server failure.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 from typing import Any
 
 from rt.plugins.http.errors import ApiError, not_ready
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -45,7 +46,14 @@ async def _body_in_time(
         if not reading.done():
             reading.cancel()
     if reading.done() and not reading.cancelled():
-        return reading.result()  # the body, or its 413
+        try:
+            return reading.result()  # the body, or its 413
+        except ClientDisconnect:
+            # Gone mid-upload (a client's timeout, a cancelled call): no one reads an
+            # answer, and it is not the server's failure. 499, as nginx logs it.
+            raise ApiError(
+                499, "the client closed the connection before its body arrived"
+            ) from None
     if closing.is_set():
         raise not_ready("the server is shutting down")
     raise ApiError(

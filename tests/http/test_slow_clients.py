@@ -79,6 +79,22 @@ def test_a_slow_body_that_arrives_in_time_is_served(server):
     assert response.json()["usage"]["completion_tokens"] == 2
 
 
+def test_a_client_gone_mid_body_is_not_an_error(server):
+    # A client that times out or is cancelled during its upload: nothing to answer,
+    # nothing to log as a failure.
+    sock = _connect(server.url)
+    sock.sendall(HEADERS + BODY[:5])
+    time.sleep(0.3)  # the handler is reading the body
+    sock.close()
+    time.sleep(0.5)
+    ok = httpx.post(server.url + "/v1/completions", content=BODY, timeout=30)
+    assert ok.status_code == 200, ok.text
+    log = server.log_text()
+    assert "Traceback" not in log and "failed" not in log, log[-3000:]
+    metrics = httpx.get(server.url + "/metrics").text  # counted as nginx would: 499
+    assert 'rt_http_requests_total{route="/v1/completions",status="499"} 1.0' in metrics
+
+
 def test_headers_that_never_end_are_dropped(server):
     # Hypercorn's keep_alive_timeout (5 s) covers a connection with no complete request.
     sock = _connect(server.url)
