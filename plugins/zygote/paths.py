@@ -65,11 +65,16 @@ def folder_problem(folder: Path) -> str | None:
 
 def make_private_folder(folder: Path) -> None:
     """Create ``folder`` with mode 0700; an existing one must pass :func:`folder_problem`."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
         folder.mkdir(mode=0o700)
     except FileExistsError:
         pass
+    except OSError as e:  # a read-only or full RT_CACHE_DIR, a path through a file
+        raise ConfigError(
+            f"cannot make the zygote's folder {folder}: {e.strerror}; point RT_CACHE_DIR "
+            "at a folder you can write to"
+        ) from None
     problem = folder_problem(folder)
     if problem is not None:
         raise ConfigError(f"the zygote's folder: {problem}")

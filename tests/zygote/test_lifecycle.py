@@ -56,6 +56,18 @@ def test_start_status_stop_round_trip(zygote_env):
     assert gone.returncode == 1 and "no zygote runs" in gone.stdout
 
 
+def test_a_cache_folder_that_cannot_be_made_is_one_line(tmp_path):
+    # RT_CACHE_DIR under a file (as under a read-only mount) cannot hold the folder.
+    (tmp_path / "a-file").write_text("")
+    env = {"RT_CACHE_DIR": str(tmp_path / "a-file" / "cache")}
+    result = run_rt("zygote", "start", env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"rt: error: cannot make the zygote's folder {tmp_path}/a-file/cache/zygote: "
+        "Not a directory; point RT_CACHE_DIR at a folder you can write to"
+    ]
+
+
 def test_two_starts_at_once_leave_one_zygote_and_both_succeed(zygote_env):
     command = [sys.executable, "-m", "rt", "zygote", "start"]
     env = {**os.environ, **zygote_env}
