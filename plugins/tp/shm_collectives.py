@@ -196,29 +196,29 @@ def open_shm_collectives(
 ) -> tuple[ShmCollectives | None, str]:
     """Collective over the gloo ``group`` (every rank calls it): map one segment for
     the ranks when all of them share this node and can use it. Returns the
-    collectives (None: use the process group's) and why, for the timeline."""
+    collectives (None: use the process group's) and why, for the timeline.
+
+    Two gloo calls, each a wake-up per rank on a busy node: rank 0 makes the segment
+    first and its name travels with every rank's host in one exchange; one barrier
+    after every rank mapped it and wrote its pid lets rank 0 drop the name."""
     import torch.distributed as dist
 
     why = supported(device)
-    infos: list[Any] = [None] * world_size
-    dist.all_gather_object(infos, (socket.gethostname(), why), group=group)
-    reasons = [f"rank {r}: {w}" for r, (_, w) in enumerate(infos) if w]
-    if reasons:
-        return None, reasons[0]
-    if len({host for host, _ in infos}) > 1:
-        return None, "the ranks span several nodes"
-    if world_size > MAX_RANKS:
-        return None, f"more than {MAX_RANKS} ranks on a node"
     size = CONTROL_BYTES + 2 * world_size * slot_bytes
-    box: list[Any] = [None]
-    if rank == 0:
+    made: tuple[str | None, str | None] = (None, None)  # rank 0: (name, why not made)
+    if rank == 0 and why is None and world_size <= MAX_RANKS:
         remove_stale(PREFIX)
-        box[0] = _create(size)
-    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
-    name, problem = box[0]
-    if problem is not None:
-        return None, problem
+        made = _create(size)
+    infos: list[Any] = [None] * world_size
+    dist.all_gather_object(infos, (socket.gethostname(), why, made), group=group)
+    name, problem = infos[0][2]
+    refusal = _refusal(infos, world_size) or problem
+    if refusal is not None:
+        if rank == 0 and name is not None:
+            os.unlink(os.path.join(SHM_DIR, name))
+        return None, refusal
     path = os.path.join(SHM_DIR, name)
+    comm = None
     try:
         try:
             fd = os.open(path, os.O_RDWR)
@@ -228,6 +228,8 @@ def open_shm_collectives(
             mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
+        # writes this rank's pid, which the others' liveness checks read
+        comm = ShmCollectives(mm, rank, world_size, slot_bytes, dist.group.WORLD, timeout_s)
     finally:
         # Every rank has mapped it (or failed) after this barrier: drop the name so no
         # exit path, SIGKILL included, can leave the segment behind.
@@ -237,6 +239,16 @@ def open_shm_collectives(
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-    comm = ShmCollectives(mm, rank, world_size, slot_bytes, dist.group.WORLD, timeout_s)
-    dist.barrier(group=group)  # every pid is written before the first call
     return comm, f"shared memory, {slot_bytes >> 20} MiB slots"
+
+
+def _refusal(infos: list[Any], world_size: int) -> str | None:
+    """Why the ranks (``(host, why not, _)`` each) cannot share a segment, or None."""
+    reasons = [f"rank {r}: {w}" for r, (_, w, _) in enumerate(infos) if w]
+    if reasons:
+        return reasons[0]
+    if len({host for host, _, _ in infos}) > 1:
+        return "the ranks span several nodes"
+    if world_size > MAX_RANKS:
+        return f"more than {MAX_RANKS} ranks on a node"
+    return None
