@@ -63,3 +63,12 @@ def write_servable_model(
     overrides = {"vocab_size": VOCAB_SIZE, "eos_token_id": eos, **overrides}
     write_checkpoint(name, directory, seed=seed, **overrides)
     return directory
+
+
+def write_tp3_servable_model(directory: str | Path, seed: int = 0, **overrides) -> Path:
+    """A servable model that three ranks split: 6 query heads over 3 KV heads, and a
+    hidden size and MLP that divide by 3 (``overrides`` may widen them)."""
+    shape = dict(hidden_size=48, intermediate_size=96, num_attention_heads=6)
+    return write_servable_model(
+        directory, seed=seed, **{**shape, "num_key_value_heads": 3, **overrides}
+    )

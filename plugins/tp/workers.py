@@ -168,9 +168,12 @@ class WorkerGroup:
             ready = wait(waitables)
             for conn in [r for r in ready if r in conns]:
                 self._receive(conn, conns)
-            for sentinel in [r for r in ready if r in sentinels]:
-                rank = sentinels.pop(sentinel)
+            exited = [sentinels.pop(r) for r in ready if r in sentinels]
+            for rank in exited:
                 self.processes[rank].join(timeout=1)
+            # A rank killed by a signal first: the others in the same wait exited because
+            # it died, and the first death recorded is the one every client is told.
+            for rank in sorted(exited, key=lambda r: (self.processes[r].exitcode or 0) >= 0):
                 # What the rank sent before it exited (its error report) may be ready in
                 # the same wait as its exit: read it first, or the death reads as a bare
                 # "exited with code 1".

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving_models import write_servable_model
+from tests.serving_models import write_tp3_servable_model
 
 FAULTY_FS = Path(__file__).parent / "faulty_fs"
 PROMPT = "Hello world! " * 75  # 900 tokens: 384 floats each, per rank, per all-reduce
@@ -29,14 +29,12 @@ MOUNT = 'mount -t tmpfs -o size=2m,mode=1777 tmpfs /dev/shm && exec "$@"'
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_servable_model(
+    return write_tp3_servable_model(
         tmp_path_factory.mktemp("shm-full"),
+        seed=5,
         hidden_size=384,
         intermediate_size=768,
-        num_attention_heads=6,
-        num_key_value_heads=3,
         max_position_embeddings=2048,
-        seed=5,
     )
 
 

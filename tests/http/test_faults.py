@@ -23,7 +23,7 @@ from tests.http.serve_process import (
     shm_segments_of,
     wait_for,
 )
-from tests.serving_models import write_servable_model
+from tests.serving_models import write_tp3_servable_model
 
 GREEDY = {"prompt": "Hello there", "max_tokens": 8, "temperature": 0}
 LONG = {"prompt": "Hello", "max_tokens": 200, "temperature": 0}
@@ -31,15 +31,7 @@ LONG = {"prompt": "Hello", "max_tokens": 200, "temperature": 0}
 
 @pytest.fixture(scope="module")
 def tp3_model(tmp_path_factory: pytest.TempPathFactory):
-    """Heads and MLP that three ranks split: 6 query heads over 3 KV heads."""
-    return write_servable_model(
-        tmp_path_factory.mktemp("tp3-serve"),
-        hidden_size=48,
-        intermediate_size=96,
-        num_attention_heads=6,
-        num_key_value_heads=3,
-        seed=3,
-    )
+    return write_tp3_servable_model(tmp_path_factory.mktemp("tp3-serve"), seed=3)
 
 
 def _complete(url: str, body: dict) -> httpx.Response:
