@@ -3,7 +3,7 @@
 Segments are named ``<prefix><creator pid>-<random>`` under ``/dev/shm`` so that a
 later start can tell a leftover of a dead process from a live one's segment.
 
-A segment's pages are reserved when it is made (:func:`reserve`): ``/dev/shm`` is a
+A segment's pages are reserved when it is made (:func:`make_segment`): ``/dev/shm`` is a
 tmpfs, often small (a container's default is 64 MiB), and a page touched past its room
 is a SIGBUS that kills the process mid-step, where a reservation that does not fit is
 an error its caller can turn into a fallback.
@@ -19,9 +19,38 @@ SHM_DIR = "/dev/shm"
 MIB = 1 << 20
 
 
-class ShmFull(RtError):
-    """``/dev/shm`` cannot hold a segment; the message says how big, what is free and
-    how to give it more."""
+class ShmUnavailable(RtError):
+    """``/dev/shm`` cannot take a new segment (full, read-only, not this user's to
+    write); the message says why and how to fix it. Callers fall back to gloo."""
+
+
+FIX = (
+    "give it more (docker run --shm-size=1g; on Kubernetes an emptyDir with "
+    "medium: Memory mounted at /dev/shm)"
+)
+
+
+def make_segment(prefix: str, size: int, shm_dir: str = SHM_DIR) -> tuple[str, int]:
+    """Create a segment of ``size`` bytes with every page reserved; returns its name
+    and an open descriptor (the caller maps it, then closes it). ShmUnavailable, with
+    nothing left behind, when ``shm_dir`` cannot take it."""
+    name = segment_name(prefix)
+    path = os.path.join(shm_dir, name)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except OSError as e:
+        raise ShmUnavailable(
+            f"cannot create a shared-memory segment in {shm_dir}: {e.strerror}; make it "
+            "a writable tmpfs for this user"
+        ) from None
+    try:
+        os.ftruncate(fd, size)
+        reserve(fd, size, shm_dir)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return name, fd
 
 
 def reserve(fd: int, size: int, shm_dir: str = SHM_DIR) -> None:
@@ -34,10 +63,9 @@ def reserve(fd: int, size: int, shm_dir: str = SHM_DIR) -> None:
             room = f" ({st.f_bavail * st.f_frsize / MIB:.0f} MiB free of {st.f_blocks * st.f_frsize / MIB:.0f} MiB)"
         except OSError:
             room = ""
-        raise ShmFull(
+        raise ShmUnavailable(
             f"{shm_dir} has no room for a {size / MIB:.1f} MiB shared-memory segment{room}: "
-            f"{e.strerror}; give it more (docker run --shm-size=1g; on Kubernetes an "
-            "emptyDir with medium: Memory mounted at /dev/shm)"
+            f"{e.strerror}; {FIX}"
         ) from None
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from rt.core.errors import EngineDead, RtError
-from rt.core.shm import SHM_DIR, ShmFull, pid_alive, remove_stale, reserve, segment_name
+from rt.core.shm import SHM_DIR, ShmUnavailable, make_segment, pid_alive, remove_stale
 
 log = logging.getLogger("rt.tp")
 
@@ -168,21 +168,12 @@ class ShmCollectives:
 
 def _create(size: int) -> tuple[str | None, str | None]:
     """Rank 0: make and reserve the segment; (its name, None) or (None, why not)."""
-    name = segment_name(PREFIX)
-    path = os.path.join(SHM_DIR, name)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        os.ftruncate(fd, size)
-        reserve(fd, size)
-    except ShmFull as e:
-        os.unlink(path)
+        name, fd = make_segment(PREFIX, size)
+    except ShmUnavailable as e:
         log.warning("the TP ranks use gloo collectives: %s", e)
         return None, str(e)
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        os.close(fd)
+    os.close(fd)
     return name, None
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 from rt.core.channel import Message
 from rt.core.errors import ConfigError
-from rt.core.shm import ShmFull
+from rt.core.shm import ShmUnavailable
 
 from rt_shm_broadcast.codec import FRAME_ENV, Encoder
 from rt_shm_broadcast.decode import Decoder
@@ -104,7 +104,7 @@ class ShmBroadcastChannel:
                 try:
                     ring = Ring.create(len(local), slots, frame)
                     frame = ring.frame_bytes
-                except ShmFull as e:  # the frame goes over gloo to every rank instead
+                except ShmUnavailable as e:  # the frame goes over gloo to every rank instead
                     local, remote, problem = (), tuple(range(1, world_size)), str(e)
                     log.warning("shm-broadcast sends step metadata over gloo: %s", e)
             box[0] = Plan(ring.name if ring else None, local, remote, frame, slots, stale, problem)

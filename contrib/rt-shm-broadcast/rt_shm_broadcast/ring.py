@@ -122,15 +122,13 @@ class Ring:
             )
         frame_bytes = -(-frame_bytes // 64) * 64
         size = CONTROL_BYTES + num_slots * (SLOT_HEADER + frame_bytes)
-        name = shm.segment_name(PREFIX)
-        path = os.path.join(shm_dir, name)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        # reserved whole: a full or read-only /dev/shm is ShmUnavailable here, not a
+        # SIGBUS at the first frame past its room
+        name, fd = shm.make_segment(PREFIX, size, shm_dir)
         _owned.add(name)
         if len(_owned) == 1:
             atexit.register(_unlink_owned)
         try:
-            os.ftruncate(fd, size)
-            shm.reserve(fd, size, shm_dir)  # a full /dev/shm: ShmFull now, not SIGBUS later
             mm = mmap.mmap(fd, size)
         except BaseException:
             unlink(name, shm_dir)
