@@ -79,6 +79,11 @@ class ParallelConfig:
     # GPU: more ranks on a node than visible GPUs is an error (plugins/tp/distributed.py).
     device: str = attrs.field(default="auto", validator=in_(("auto", "cpu", "cuda")))
 
+    @property
+    def ranks_on_this_node(self) -> int:
+        """How many ranks run on the driver's node: ``local_ranks``, at most ``tp``."""
+        return min(self.local_ranks or self.tp, self.tp)
+
 
 @attrs.frozen
 class StartupConfig:

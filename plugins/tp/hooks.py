@@ -75,7 +75,7 @@ def rt_start_workers(config: Any, runtime: Any) -> Any:
     # again). Without torch when rank 0 runs in its own process (device_plan.py).
     from rt.plugins.tp.device_plan import check_gpus_for_ranks
 
-    local = min(config.parallel.local_ranks or tp, tp)
+    local = config.parallel.ranks_on_this_node
     check_gpus_for_ranks(local, config.parallel.device, use_torch=rank0_here)
     device = None
     if rank0_here:
@@ -224,7 +224,7 @@ def rt_load_weights(config: Any, runtime: Any) -> Any:
     note("from", runner.load_weights(use_prepared=use_prepared))
     note("quantization", runner.describe_quantization())
     note("layout", runner.layout.describe())
-    shared = cores_shared(device.type, config.parallel.local_ranks or config.parallel.tp)
+    shared = cores_shared(device.type, config.parallel.ranks_on_this_node)
     if shared:
         note("cores", shared)
     note("param_bytes", runner.param_bytes())

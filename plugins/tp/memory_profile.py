@@ -180,8 +180,7 @@ def kv_cache_budget(config: Any, runner: Any) -> tuple[int, dict[str, Any]]:
     if runner.device.type != "cuda":
         from rt.plugins.tp.host_memory import available_memory, cpu_kv_budget
 
-        tp = config.parallel.tp
-        local_ranks = min(config.parallel.local_ranks or tp, tp)
+        local_ranks = config.parallel.ranks_on_this_node
         budget, source = cpu_kv_budget(configured, local_ranks, available_memory())
         return budget, {"budget_from": source}
     if configured is not None:

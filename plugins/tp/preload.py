@@ -204,7 +204,7 @@ class Forkserver(_StartsAtCliEntry):
         recorded = self._record_early(runtime)
         if recorded is not None:
             return recorded
-        local = min(config.parallel.local_ranks or config.parallel.tp, config.parallel.tp)
+        local = config.parallel.ranks_on_this_node
         if local <= 1 and not _rank0_elsewhere(None, config):
             raise SkipStage("TP=1 on this node: no worker process to fork")
         return _background(runtime, self.plugin, start_forkserver)
@@ -242,7 +242,7 @@ def files_to_prefetch(config: Any) -> list[Path]:
     dtype = resolve_dtype_name(m.dtype, model_config.dtype, device)
     quantization = model_config.quantization(m.quantization, device)
     tp = config.parallel.tp
-    local = min(config.parallel.local_ranks or tp, tp)
+    local = config.parallel.ranks_on_this_node
     weights: list[Path] = []
     for rank in range(local):
         weights += weight_files(model.path, rank, tp, dtype, device, m.prepared_cache, quantization)

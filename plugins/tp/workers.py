@@ -174,13 +174,16 @@ class WorkerGroup:
             # A rank killed by a signal first: the others in the same wait exited because
             # it died, and the first death recorded is the one every client is told.
             for rank in sorted(exited, key=lambda r: (self.processes[r].exitcode or 0) >= 0):
-                # What the rank sent before it exited (its error report) may be ready in
-                # the same wait as its exit: read it first, or the death reads as a bare
-                # "exited with code 1".
-                for conn in [c for c, r in conns.items() if r == rank]:
-                    while conn in conns and _readable(conn):
-                        self._receive(conn, conns)
+                self._drain(rank, conns)
                 self._on_exit(rank)
+
+    def _drain(self, rank: int, conns: dict[Connection, int]) -> None:
+        """Read what ``rank`` sent before it exited (its error report): it may be ready
+        in the same wait as its exit, and read after it the death reads as a bare
+        "exited with code 1"."""
+        for conn in [c for c, r in conns.items() if r == rank]:
+            while conn in conns and _readable(conn):
+                self._receive(conn, conns)
 
     def _receive(self, conn: Connection, conns: dict[Connection, int]) -> None:
         """One message from a rank's pipe; a closed pipe leaves ``conns``."""

@@ -65,7 +65,7 @@ def ask(config: Any, when: str) -> Asked:
 
 
 def _forks_ranks(config: Any) -> bool:
-    local = min(config.parallel.local_ranks or config.parallel.tp, config.parallel.tp)
+    local = config.parallel.ranks_on_this_node
     return config.parallel.rank0 == "process" or local > 1
 
 
