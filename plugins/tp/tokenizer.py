@@ -109,7 +109,12 @@ class Tokenizer:
         return self._backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # tokenizers' encode() holds the GIL throughout: a 1 MiB prompt froze the HTTP
+        # thread (health checks included) for 0.4-1.5 s. encode_batch_fast() releases it
+        # while it works, skips the character offsets rt never reads (2x faster), and
+        # gives the same ids.
+        [encoding] = self._backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)
+        return encoding.ids
 
     def decode(self, ids: list[int] | tuple[int, ...], skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
