@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 
 from tests.http.conftest import assert_error_body
 from tests.http.serve_process import rt_serve
+from tests.serving_models import write_servable_model
 
 # Just under server.max_body_bytes (1 MiB) once wrapped in JSON: ~1 M tokens for the
 # test tokenizer, about a second of tokenizing.
@@ -69,3 +71,43 @@ def test_health_checks_are_answered_while_a_long_prompt_is_tokenized(server):
     assert waits and max(waits) < took / 2, (
         f"a health check waited {max(waits):.2f} s during a {took:.2f} s request"
     )
+
+
+@pytest.fixture(scope="module")
+def long_context_server(http_env, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("long-context")
+    model = write_servable_model(folder / "model", seed=1, max_position_embeddings=4096)
+    with rt_serve(model, http_env, folder / "serve.log") as served:
+        yield served
+
+
+def _completions_seconds(url: str, clients: int, **extra) -> tuple[float, list[dict]]:
+    """``clients`` identical completions at once: the seconds until the last ends, and
+    their bodies."""
+    body = {"prompt": "Hello", "max_tokens": 3000, "temperature": 0, **extra}
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        responses = list(
+            pool.map(
+                lambda _: httpx.post(url + "/v1/completions", json=body, timeout=300),
+                range(clients),
+            )
+        )
+    for response in responses:
+        assert response.status_code == 200, response.text
+    return time.monotonic() - started, [r.json() for r in responses]
+
+
+def test_very_long_stop_strings_cost_no_more_than_short_ones(long_context_server):
+    # Each token used to compare every tail of the output with every prefix of the stop
+    # strings, on the engine's thread that decodes for every client: four requests with
+    # four 200k-character stop strings each made every token cost more as outputs grew.
+    url, clients = long_context_server.url, 4
+    _completions_seconds(url, 1)  # warm
+    short, plain = _completions_seconds(url, clients, stop=["\x7f"] * 4)
+    long, held = _completions_seconds(url, clients, stop=["\x7f" * 200_000] * 4)
+    text = plain[0]["choices"][0]["text"]
+    assert len(text) >= 2000, plain[0]["usage"]  # enough output for the cost to show
+    # nothing is lost by holding text back
+    assert [b["choices"][0]["text"] for b in held] == [text] * clients
+    assert long < 2 * short + 1, f"{long:.2f} s with long stop strings, {short:.2f} s with short"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rt.plugins.tp import detokenizer
 from rt.plugins.tp.detokenizer import IncrementalDetokenizer, StopChecker
 from rt.plugins.tp.tokenizer import Tokenizer
 
@@ -83,10 +85,19 @@ def _reference_cut(text: str, stop: tuple[str, ...]) -> str:
     text=st.text(alphabet="ab\nc", max_size=40),
     stop=st.lists(st.text(alphabet="ab\nc", max_size=4), max_size=3).map(tuple),
     cuts=st.lists(st.integers(0, 40), max_size=12),
+    # 1: every stop string counts as long, and holds back its length - 1 characters
+    exact_up_to=st.sampled_from([detokenizer.EXACT_HOLD_BACK_CHARS, 1]),
 )
-def test_stop_strings_stream_exactly_the_cut_text(text: str, stop: tuple, cuts: list[int]) -> None:
+def test_stop_strings_stream_exactly_the_cut_text(
+    text: str, stop: tuple, cuts: list[int], exact_up_to: int
+) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     deltas = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    with patch.object(detokenizer, "EXACT_HOLD_BACK_CHARS", exact_up_to):
+        _check_stop_strings(deltas, stop)
+
+
+def _check_stop_strings(deltas: list[str], stop: tuple) -> None:
     checker = StopChecker(stop)
     streamed, snapshots, seen = "", [], ""
     for delta in deltas:
@@ -122,6 +133,18 @@ def test_stop_checker_holds_back_only_possible_stop_prefixes() -> None:
     assert nothing.add("abc") == "abc" and nothing.finish() == ""
     tail = StopChecker(("xyz",))
     assert tail.add("abcx") == "abc" and tail.finish() == "x" and not tail.stopped
+
+
+def test_a_long_stop_string_holds_back_its_length_less_one() -> None:
+    stop = "<" * (detokenizer.EXACT_HOLD_BACK_CHARS + 1)
+    checker = StopChecker((stop,))
+    assert checker.add("a" * len(stop)) == "a"  # the rest might begin the stop string
+    assert checker.add("b") == "a" and checker.finish() == "a" * (len(stop) - 2) + "b"
+    assert not checker.stopped
+    cut = StopChecker((stop,))
+    assert cut.add("x" * 200) == "x" * (201 - len(stop))
+    assert cut.add(stop + "tail") == "x" * (len(stop) - 1) and cut.stopped
+    assert cut.text == "x" * 200
 
 
 def test_detokenizer_and_stop_checker_together(tokenizers: dict) -> None:
