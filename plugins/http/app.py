@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from rt.core.engine import engine_death
 from rt.core.timeline_export import to_json
 from rt.plugins.http import openai_api as oa
 from rt.plugins.http import openapi, startup_page
-from rt.plugins.http.body import read_json
+from rt.plugins.http.body import T, read_json
 from rt.plugins.http.errors import ApiError, error_body, error_response
 from rt.plugins.http.generation import respond
 from rt.plugins.http.metrics import CONTENT_TYPE
@@ -47,8 +47,8 @@ ROUTES = (
 def build_app(state: ServerState, started: threading.Event) -> Starlette:
     limit, body_timeout_s = state.config.max_body_bytes, state.config.body_timeout_s
 
-    async def body_json(request: Request) -> dict[str, Any]:
-        return await read_json(request, limit, body_timeout_s, state.closing)
+    async def parsed_body(request: Request, parse: Callable[[dict[str, Any]], T]) -> T:
+        return await read_json(request, limit, body_timeout_s, state.closing, parse)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -101,12 +101,12 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
     async def completions(request: Request) -> Response:
         state.check_api_key(request.headers.get("authorization"))
         state.engine()  # 503 before reading a body we could not serve
-        return await respond(state, request, oa.parse_completion(await body_json(request)))
+        return await respond(state, request, await parsed_body(request, oa.parse_completion))
 
     async def chat(request: Request) -> Response:
         state.check_api_key(request.headers.get("authorization"))
         state.engine()
-        return await respond(state, request, oa.parse_chat(await body_json(request)))
+        return await respond(state, request, await parsed_body(request, oa.parse_chat))
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)

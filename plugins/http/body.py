@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rt.plugins.http.errors import ApiError, not_ready
 from starlette.requests import ClientDisconnect, Request
+
+T = TypeVar("T")
+# Bodies at least this large are decoded and parsed off the event loop (read_json).
+OFF_LOOP_BYTES = 64 * 1024
+# A UTF-16 surrogate (U+D800-U+DFFF) as a JSON escape (either case) or in UTF-8 bytes.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -65,11 +74,27 @@ async def _body_in_time(
 
 
 async def read_json(
-    request: Request, limit: int, timeout_s: float, closing: asyncio.Event
-) -> dict[str, Any]:
-    """The request body as a JSON object: 413 past ``limit`` bytes, 408 if it is not all
-    there within ``timeout_s``, 503 once ``closing`` is set, 400 if it is malformed."""
+    request: Request,
+    limit: int,
+    timeout_s: float,
+    closing: asyncio.Event,
+    parse: Callable[[dict[str, Any]], T],
+) -> T:
+    """``parse`` of the request body as a JSON object: 413 past ``limit`` bytes, 408 if
+    it is not all there within ``timeout_s``, 503 once ``closing`` is set, 400 if it is
+    malformed (``parse`` raises its own errors).
+
+    A body of :data:`OFF_LOOP_BYTES` or more is decoded and parsed on a worker thread:
+    pure Python, it still holds the interpreter lock, but gives it up every few
+    milliseconds (sys.getswitchinterval) where on the event loop it held up every other
+    request and health check for the whole of it (~0.3 s for 300k token ids)."""
     body = await _body_in_time(request, limit, timeout_s, closing)
+    if len(body) < OFF_LOOP_BYTES:
+        return parse(_json_object(body))
+    return await asyncio.to_thread(lambda: parse(_json_object(body)))
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, a 4300+-digit integer
@@ -78,7 +103,7 @@ async def read_json(
         raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    found = _lone_surrogate(data)
+    found = _lone_surrogate(data) if _may_hold_surrogates(body) else None
     if found is not None:
         where, char = found
         raise ApiError(
@@ -90,10 +115,20 @@ async def read_json(
     return data
 
 
+def _may_hold_surrogates(body: bytes) -> bool:
+    """Whether JSON ``body`` can decode to a string with a surrogate in it. Most bodies
+    cannot, and skip the walk over every value (:func:`_lone_surrogate`). json.loads
+    decodes with "surrogatepass", so one comes from a ``\\uD800``-``\\uDFFF`` escape,
+    from such a code point's UTF-8 bytes (ED A0-BF ..), or from a UTF-16 or UTF-32
+    body (json.detect_encoding: a BOM, or a zero byte among the first four)."""
+    return bool(_SURROGATE.search(body)) or b"\x00" in body[:4] or body[:2] in _UTF16_BOMS
+
+
 def _lone_surrogate(data: dict[str, Any]) -> tuple[str, str] | None:
     """A string in ``data`` that JSON's ``\\uD800`` escapes left unpaired, as (its path,
     the surrogate), or None: no tokenizer or UTF-8 encoder can take one. Iterative: a
-    body may nest as deep as the JSON parser allows."""
+    body may nest as deep as the JSON parser allows. Paths are built for containers and
+    strings only: a list of 300k numbers costs a type check each."""
     todo: list[tuple[str, Any]] = [(key, value) for key, value in data.items()]
     while todo:
         where, value = todo.pop()
@@ -105,5 +140,9 @@ def _lone_surrogate(data: dict[str, Any]) -> tuple[str, str] | None:
         elif isinstance(value, dict):
             todo.extend((f"{where}.{key}", item) for key, item in value.items())
         elif isinstance(value, list):
-            todo.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+            todo.extend(
+                (f"{where}[{i}]", item)
+                for i, item in enumerate(value)
+                if isinstance(item, (str, dict, list))
+            )
     return None

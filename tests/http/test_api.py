@@ -237,6 +237,10 @@ def test_bad_chat_bodies_are_422(server, body):
             rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}',
             "messages[0].content[0].text",
         ),
+        # json.loads lets a surrogate's UTF-8 bytes through, and a UTF-16 body's
+        ("completions", b'{"prompt": "hi \xed\xa0\x80"}', "prompt"),
+        ("completions", '{"prompt": "a\ud800"}'.encode("utf-16", "surrogatepass"), "prompt"),
+        ("completions", '{"prompt": "a\udc00"}'.encode("utf-16-be", "surrogatepass"), "prompt"),
     ],
 )
 def test_a_lone_surrogate_is_400_naming_where(server, route, raw, where):
