@@ -27,6 +27,8 @@ from rt.core.compile_cache import (
 )
 from rt.plugins.cache_cli import human_bytes
 
+from tests.faulty_cache import faulty_cache
+
 PREPARED = "tiny-0123456789abcdef/rank0-of-1"
 
 
@@ -187,6 +189,36 @@ def test_import_into_another_cache_and_export_by_model(rt, cache, tmp_path):
     custom = tmp_path / "custom-root"
     assert rt(second, "cache", "import", str(out), "--cache-dir", str(custom)).returncode == 0
     assert (custom / wanted.name / ARTIFACTS).is_file()
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("ro", "Read-only file system"), ("full", "No space left on device")]
+)
+def test_import_into_a_cache_that_cannot_take_it_names_the_folder_and_the_fix(
+    cache, tmp_path, fault, reason
+):
+    folder = make_entry(cache)
+    write_atomic(folder / ARTIFACTS, os.urandom(2 << 20))  # past the full cache's 1 MiB
+    archive_file = tmp_path / "cache.tar"
+    assert rt_process(cache, "cache", "export", str(archive_file)).returncode == 0
+    (tmp_path / "faulty").mkdir()
+    with faulty_cache(tmp_path / "faulty", fault) as faulty:
+        r = subprocess.run(
+            [sys.executable, "-m", "rt", "cache", "import", str(archive_file)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **faulty.env},
+            timeout=60,
+        )
+        assert r.returncode == 1, (faulty.how, r.stderr)
+        # it was "rt: error: cannot import FILE: [Errno 28] No space left on device"
+        assert r.stderr == (
+            f"rt: error: cannot import {archive_file}: cannot write to {faulty.path}/compile: "
+            f"{reason}; free space there, or import into another folder (RT_CACHE_DIR, or "
+            "--cache-dir for the compile entries); nothing was imported\n"
+        ), faulty.how
+        left = [p for p in faulty.path.rglob("*") if p.is_file()]
+        assert left == [], faulty.how
 
 
 def test_export_with_nothing_to_export_fails(rt, cache, tmp_path):

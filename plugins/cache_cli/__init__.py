@@ -11,6 +11,8 @@ against this machine's torch, triton and device first. Nothing here imports torc
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import shutil
 import sys
 import tarfile
@@ -194,7 +196,16 @@ def import_command(args: argparse.Namespace, cli: CliContext) -> int:
             archive.install(tar, units, root, prepared_root)
         except archive.ArchiveRefused as e:
             raise archive.ArchiveRefused(f"{args.file}: {e}; nothing was imported") from None
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except OSError as e:
+            if e.errno in _CANNOT_WRITE:
+                dest = _destination(e, root, prepared_root, units)
+                raise RtError(
+                    f"cannot import {args.file}: cannot write to {dest}: {e.strerror}; free "
+                    f"space there, or import into another folder (RT_CACHE_DIR, or --cache-dir "
+                    f"for the compile entries); nothing was imported"
+                ) from None
+            raise RtError(f"cannot import {args.file}: {e}") from None
+        except (tarfile.TarError, EOFError) as e:
             raise RtError(f"cannot import {args.file}: {e}") from None
     for u in units:
         where = root if u.key is not None else prepared_root
@@ -207,6 +218,27 @@ def import_command(args: argparse.Namespace, cli: CliContext) -> int:
         f"(from {args.file}, written by rt {index.get('rt')})"
     )
     return 0
+
+
+# What a full, read-only or foreign destination raises (archive.install writes there).
+_CANNOT_WRITE = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+)
+
+
+def _destination(
+    error: OSError, root: Path, prepared_root: Path, units: list[archive.Unit]
+) -> str:
+    """The folder an import failed to write to: the one holding ``error``'s file, else
+    the one the archive writes to (a failed write names no file)."""
+    if error.filename is not None:
+        failed = Path(os.fsdecode(error.filename))
+        for folder in (root, prepared_root):
+            if failed.is_relative_to(folder):
+                return str(folder)
+        return str(failed)
+    kinds = {u.key is not None for u in units}
+    return " and ".join(str(root if c else prepared_root) for c in sorted(kinds, reverse=True))
 
 
 class Machine:
