@@ -226,9 +226,7 @@ _CANNOT_WRITE = frozenset(
 )
 
 
-def _destination(
-    error: OSError, root: Path, prepared_root: Path, units: list[archive.Unit]
-) -> str:
+def _destination(error: OSError, root: Path, prepared_root: Path, units: list[archive.Unit]) -> str:
     """The folder an import failed to write to: the one holding ``error``'s file, else
     the one the archive writes to (a failed write names no file)."""
     if error.filename is not None:

@@ -25,6 +25,7 @@ from rt.core import errors
 from rt.core.errors import EngineDead, RtError
 from rt.core.timeline import Span
 from rt.plugins.tp.executor import EngineInfo
+from rt.plugins.tp.held_ranks import held_ranks
 from rt.plugins.tp.preload import FORKSERVER_PRELOAD
 from rt.plugins.tp.rank_main import RankSpec, rank_main
 
@@ -218,6 +219,10 @@ class WorkerGroup:
             user = self._user_errors.get(rank)
             detail = str(user) if user is not None else report  # a user error: one line
             summary = f"rank {rank} (pid {proc.pid}) {exit_reason(proc.exitcode)}"
+            if self.dead is None:  # the others' timeouts are often why this one failed
+                others = {r: p.pid for r, p in self.processes.items() if r != rank and p.pid}
+                held = held_ranks(others)
+                summary = f"{summary} {held}" if held else summary
             reason = f"{summary}: {detail}" if detail else summary
             if self.dead is None:
                 self.dead = reason

@@ -97,6 +97,38 @@ def test_killed_rank_ends_streams_with_an_error_and_the_server_exits(http_env, t
         assert shm_segments_of(everyone) == []
 
 
+@pytest.mark.parametrize("channel", ["object-list", "shm-broadcast"])
+def test_a_stopped_rank_fails_the_engine_naming_that_rank(http_env, tp3_model, tmp_path, channel):
+    # A rank held still (SIGSTOP, ^Z to its process group, a debugger) is found by the
+    # collective timeout like a hung one; the death a client read about used to be the
+    # first rank to time out ("rank 1 exited with code 1"), which did nothing wrong.
+    timeout_s = 2
+    args = ("--tp", "3", f"--plugins={channel}")
+    args += ("--set", f"parallel.collective_timeout_s={timeout_s}")
+    with rt_serve(tp3_model, http_env, tmp_path / "serve.log", *args) as served:
+        ranks = served.rank_pids()
+        everyone = {served.proc.pid, *descendants(served.proc.pid)}
+        os.kill(ranks[2], signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+            stream = Stream(served.url, {**LONG, "stream": True}).start()
+            assert stream.done.wait(timeout_s + 30), "the stream ends"
+            errors = stream.errors()
+            assert errors, stream.events[-3:]
+            held = f"rank 2 (pid {ranks[2]}) was stopped by a signal (SIGSTOP or ^Z)"
+            assert held in errors[0]["message"], errors[0]["message"]
+            assert stream.events[-1] == "[DONE]"
+            assert served.proc.wait(timeout=30) == 3, served.log_text()[-3000:]
+            assert time.monotonic() - stopped_at < timeout_s + 15
+            assert held in served.log_text()
+            # the stopped rank is killed with the rest (SIGKILL needs no SIGCONT)
+            wait_for(lambda: not any(alive(p) for p in everyone), timeout=10)
+        finally:
+            for pid in everyone:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
 def test_dead_engine_kept_up_answers_503_and_says_why(http_env, tiny_model, tmp_path):
     args = ("--tp", "2", "--set", "server.exit_on_engine_death=false")
     with rt_serve(tiny_model, http_env, tmp_path / "serve.log", *args) as served:
