@@ -48,7 +48,10 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
     limit, body_timeout_s = state.config.max_body_bytes, state.config.body_timeout_s
 
     async def parsed_body(request: Request, parse: Callable[[dict[str, Any]], T]) -> T:
-        return await read_json(request, limit, body_timeout_s, state.closing, parse)
+        parsed = await read_json(request, limit, body_timeout_s, state.closing, parse)
+        # Counted once its body is in: a slow upload must not hold a place.
+        state.admit(request.scope)
+        return parsed
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -158,7 +161,8 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
 
 
 class _CountRequests:
-    """Pure ASGI middleware (it must not buffer streams): count by route and status."""
+    """Pure ASGI middleware (it must not buffer streams): count by route and status, and
+    count out an admitted generation request once its response has ended."""
 
     def __init__(self, app: Any, state: ServerState):
         self.app = app
@@ -180,4 +184,5 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
+            self.state.release(scope)  # after the last byte of a stream too
             self.state.metrics.requests.labels(route, str(status)).inc()

@@ -123,6 +123,8 @@ _ERRORS = {
     "request_timeout); the connection is closed.",
     "413": "The body is larger than server.max_body_bytes.",
     "422": "A value out of range or of the wrong type; param names the field.",
+    "429": "server.max_concurrent_requests generation requests are being served already "
+    "(code too_many_requests, with Retry-After).",
     "503": "Not ready yet (with Retry-After), startup failed, shutting down, or the engine "
     "stopped.",
 }
@@ -156,9 +158,9 @@ def _generation(summary: str, body: str, response: str, secured: bool) -> dict[s
         }
     }
     statuses = (
-        ("400", "401", "404", "408", "413", "422", "503")
+        ("400", "401", "404", "408", "413", "422", "429", "503")
         if secured
-        else ("400", "404", "408", "413", "422", "503")
+        else ("400", "404", "408", "413", "422", "429", "503")
     )
     operation = {
         "summary": summary,

@@ -22,6 +22,8 @@ from rt.plugins.http.metrics import ServerMetrics
 from rt.plugins.http.public import public_message
 
 log = logging.getLogger("rt.http")
+# The ASGI scope key that marks a request counted by ServerState.admit.
+ADMITTED = "rt.admitted"
 
 
 def startup_failure(error: BaseException) -> str:
@@ -92,6 +94,27 @@ class ServerState:
         # for their bodies answer 503 at once (body.py).
         self.closing = asyncio.Event()
         self.started_at = int(time.time())
+        # Generation requests between admit() and the end of their response.
+        self.admitted = 0
+
+    def admit(self, scope: dict[str, Any]) -> None:
+        """Count a generation request in, or 429 past ``server.max_concurrent_requests``.
+        The app's middleware counts it out once its response has ended (streams too)."""
+        limit = self.config.max_concurrent_requests
+        if self.admitted >= limit:
+            raise ApiError(
+                429,
+                f"the server is serving its limit of {limit} requests at once "
+                "(server.max_concurrent_requests); retry shortly",
+                code="too_many_requests",
+                headers={"Retry-After": "1"},
+            )
+        self.admitted += 1
+        scope[ADMITTED] = True
+
+    def release(self, scope: dict[str, Any]) -> None:
+        if scope.pop(ADMITTED, False):
+            self.admitted -= 1
 
     def engine(self) -> Engine:
         """The engine, or a 503 that says why there is none yet."""

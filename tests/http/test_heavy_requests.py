@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.http.conftest import assert_error_body
-from tests.http.serve_process import rt_serve
+from tests.http.serve_process import Stream, rt_serve
 from tests.serving_models import write_servable_model
 
 # Just under server.max_body_bytes (1 MiB) once wrapped in JSON: ~1 M tokens for the
@@ -138,3 +138,33 @@ def test_very_long_stop_strings_cost_no_more_than_short_ones(long_context_server
     # nothing is lost by holding text back
     assert [b["choices"][0]["text"] for b in held] == [text] * clients
     assert long < 2 * short + 1, f"{long:.2f} s with long stop strings, {short:.2f} s with short"
+
+
+def test_past_max_concurrent_requests_a_request_gets_429_at_once(http_env, tmp_path):
+    # Without a limit every request waited in the engine's queue however long it grew,
+    # its prompt held in memory, and a load balancer could not tell the server was full.
+    model = write_servable_model(tmp_path / "model", seed=1, max_position_embeddings=4096)
+    args = ("--set", "server.max_concurrent_requests=2")
+    with rt_serve(model, http_env, tmp_path / "serve.log", *args) as served:
+        long = {"prompt": "Hello", "max_tokens": 3000, "temperature": 0, "stream": True}
+        streams = [Stream(served.url, long).start() for _ in range(2)]
+        for stream in streams:
+            assert stream.first_token.wait(30), "both streams are under way"
+        refused = httpx.post(
+            served.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}, timeout=30
+        )
+        assert not any(s.done.is_set() for s in streams), "the streams still held their places"
+        error = assert_error_body(refused, 429, code="too_many_requests")
+        assert "server.max_concurrent_requests" in error["message"]
+        assert refused.headers["retry-after"] == "1"
+        assert httpx.get(served.url + "/health").status_code == 200  # never counted
+        for stream in streams:
+            assert stream.done.wait(120) and stream.status == 200
+            assert stream.events[-1] == "[DONE]" and not stream.errors()
+        # their places are free again once their last byte is sent
+        again = httpx.post(
+            served.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}, timeout=30
+        )
+        assert again.status_code == 200, again.text
+        metrics = httpx.get(served.url + "/metrics").text
+        assert 'rt_http_requests_total{route="/v1/completions",status="429"} 1.0' in metrics

@@ -95,7 +95,7 @@ def test_document_lists_the_routes_and_error_bodies():
         "/openapi.json",
     }
     responses = doc["paths"]["/v1/completions"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "404", "408", "413", "422", "503"}
+    assert set(responses) == {"200", "400", "404", "408", "413", "422", "429", "503"}
     error = responses["400"]["content"]["application/json"]["schema"]
     assert error == {"$ref": "#/components/schemas/Error"}
     assert set(doc["components"]["schemas"]["Error"]["properties"]["error"]["required"]) == {
