@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from rt.core.compile import compile_state
 from rt.core.engine import engine_death
@@ -104,6 +104,11 @@ class ServerMetrics:
         )
         self.completion_tokens = Counter(
             "rt_generation_tokens", "Generated tokens of finished requests", registry=self.registry
+        )
+        self.admitted = Gauge(
+            "rt_requests_admitted",
+            "Generation requests counted against server.max_concurrent_requests",
+            registry=self.registry,
         )
         self.registry.register(_RuntimeCollector(runtime))
 

@@ -96,6 +96,7 @@ class ServerState:
         self.started_at = int(time.time())
         # Generation requests between admit() and the end of their response.
         self.admitted = 0
+        self.metrics.admitted.set_function(lambda: self.admitted)
 
     def admit(self, scope: dict[str, Any]) -> None:
         """Count a generation request in, or 429 past ``server.max_concurrent_requests``.

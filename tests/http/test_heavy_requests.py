@@ -158,6 +158,7 @@ def test_past_max_concurrent_requests_a_request_gets_429_at_once(http_env, tmp_p
         assert "server.max_concurrent_requests" in error["message"]
         assert refused.headers["retry-after"] == "1"
         assert httpx.get(served.url + "/health").status_code == 200  # never counted
+        assert "rt_requests_admitted 2.0" in httpx.get(served.url + "/metrics").text
         for stream in streams:
             assert stream.done.wait(120) and stream.status == 200
             assert stream.events[-1] == "[DONE]" and not stream.errors()
@@ -168,3 +169,4 @@ def test_past_max_concurrent_requests_a_request_gets_429_at_once(http_env, tmp_p
         assert again.status_code == 200, again.text
         metrics = httpx.get(served.url + "/metrics").text
         assert 'rt_http_requests_total{route="/v1/completions",status="429"} 1.0' in metrics
+        assert "rt_requests_admitted 0.0" in metrics
