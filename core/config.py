@@ -163,9 +163,9 @@ class ServerConfig:
     # A request's whole body must arrive within this long, or 408 and the connection
     # closes (a client that stops mid-body would otherwise hold it forever).
     body_timeout_s: float = attrs.field(default=30.0, validator=[gt(0.0)])
-    # Generation requests admitted at once (from their parsed body to their last byte);
-    # past it, 429 at once: a queue that grows without bound only makes every client
-    # wait longer, and holds each waiting prompt in memory.
+    # Generation requests admitted at once (from their parsed body until the engine is
+    # done with them); past it, 429 at once: a queue that grows without bound only makes
+    # every client wait longer, and holds each waiting prompt in memory.
     max_concurrent_requests: int = attrs.field(default=1024, validator=[instance_of(int), gt(0)])
     shutdown_grace_s: float = attrs.field(default=10.0, validator=[ge(0.0)])
     # A dead engine (a rank died) never comes back: exit non-zero so a supervisor

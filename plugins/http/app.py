@@ -162,7 +162,8 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
 
 class _CountRequests:
     """Pure ASGI middleware (it must not buffer streams): count by route and status, and
-    count out an admitted generation request once its response has ended."""
+    count out an admitted generation request once its response has ended, if the engine
+    did not first (ServerState.admit)."""
 
     def __init__(self, app: Any, state: ServerState):
         self.app = app
@@ -184,5 +185,5 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            self.state.release(scope)  # after the last byte of a stream too
+            self.state.release(scope)  # a request that failed before the engine ended it
             self.state.metrics.requests.labels(route, str(status)).inc()

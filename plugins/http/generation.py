@@ -41,7 +41,9 @@ async def _prompt_ids(engine: Any, parsed: oa.ParsedRequest) -> list[int]:
     return list(parsed.prompt_token_ids or ())
 
 
-async def _submit(state: ServerState, parsed: oa.ParsedRequest) -> RequestStream:
+async def _submit(
+    state: ServerState, parsed: oa.ParsedRequest, scope: dict[str, Any]
+) -> RequestStream:
     engine = state.engine()
     state.check_model(engine, parsed.model)
     ids = await _prompt_ids(engine, parsed)
@@ -52,7 +54,11 @@ async def _submit(state: ServerState, parsed: oa.ParsedRequest) -> RequestStream
         raise ApiError(422, str(e)) from None
     request_id = rs.new_id(parsed.kind)
     stream = RequestStream(
-        engine, request_id, asyncio.get_running_loop(), state.metrics.ttft.observe
+        engine,
+        request_id,
+        asyncio.get_running_loop(),
+        state.metrics.ttft.observe,
+        on_engine_done=lambda: state.release(scope),
     )
     request = GenerationRequest(request_id, prompt_token_ids=tuple(ids), sampling=sampling)
     try:
@@ -91,7 +97,7 @@ async def _collect(stream: RequestStream) -> GenerationOutput:
 
 
 async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest) -> Response:
-    stream = await _submit(state, parsed)
+    stream = await _submit(state, parsed, request.scope)
     model = stream.engine.model_name
     if parsed.stream:
         return _EngineStream(_sse(state, stream, parsed, model), stream, state)

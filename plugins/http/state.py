@@ -48,9 +48,13 @@ class RequestStream:
         request_id: str,
         loop: asyncio.AbstractEventLoop,
         on_first_token: Callable[[float], None] | None = None,
+        on_engine_done: Callable[[], None] | None = None,
     ):
         self.engine = engine
         self._on_first_token = on_first_token  # called with the time to first token
+        # called on the loop once the engine has sent its last output, however slowly
+        # the client reads them
+        self._on_engine_done = on_engine_done
         self.request_id = request_id
         self.loop = loop
         self.arrival = time.perf_counter()
@@ -62,6 +66,8 @@ class RequestStream:
         """Called on the engine thread."""
         try:
             self.loop.call_soon_threadsafe(self._queue.put_nowait, output)
+            if output.finished and self._on_engine_done is not None:
+                self.loop.call_soon_threadsafe(self._on_engine_done)
         except RuntimeError:  # the loop is closed: the server is gone
             pass
 
@@ -100,7 +106,8 @@ class ServerState:
 
     def admit(self, scope: dict[str, Any]) -> None:
         """Count a generation request in, or 429 past ``server.max_concurrent_requests``.
-        The app's middleware counts it out once its response has ended (streams too)."""
+        It is counted out once the engine is done with it (a client that reads its stream
+        slowly holds no place), or else when its response ends (the app's middleware)."""
         limit = self.config.max_concurrent_requests
         if self.admitted >= limit:
             raise ApiError(

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.http.conftest import assert_error_body
-from tests.http.serve_process import Stream, rt_serve
+from tests.http.serve_process import Stream, rt_serve, wait_for
 from tests.serving_models import write_servable_model
 
 # Just under server.max_body_bytes (1 MiB) once wrapped in JSON: ~1 M tokens for the
@@ -162,7 +162,7 @@ def test_past_max_concurrent_requests_a_request_gets_429_at_once(http_env, tmp_p
         for stream in streams:
             assert stream.done.wait(120) and stream.status == 200
             assert stream.events[-1] == "[DONE]" and not stream.errors()
-        # their places are free again once their last byte is sent
+        # their places are free again once the engine is done with them
         again = httpx.post(
             served.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}, timeout=30
         )
@@ -170,3 +170,48 @@ def test_past_max_concurrent_requests_a_request_gets_429_at_once(http_env, tmp_p
         metrics = httpx.get(served.url + "/metrics").text
         assert 'rt_http_requests_total{route="/v1/completions",status="429"} 1.0' in metrics
         assert "rt_requests_admitted 0.0" in metrics
+
+
+def test_a_stream_read_slowly_holds_no_place_once_generated(http_env, tmp_path):
+    # A client that reads its stream slowly (or stops reading, its socket left open)
+    # would otherwise hold its place until its last byte was sent: 1024 such clients
+    # would turn every other request away.
+    model = write_servable_model(tmp_path / "model", seed=1, max_position_embeddings=4096)
+    args = ("--set", "server.max_concurrent_requests=1")
+    with rt_serve(model, http_env, tmp_path / "serve.log", *args) as served:
+        body = json.dumps(
+            {
+                "messages": [{"role": "user", "content": "Hello"}],
+                "max_tokens": 4000,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": 20,  # ~1.5 KB an event: past what the sockets buffer
+                "stream": True,
+            }
+        ).encode()
+        parts = urlsplit(served.url)
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect((parts.hostname, parts.port))
+        slow.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: rt\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        assert slow.recv(64).startswith(b"HTTP/1.1 200"), "the stream started"
+        # unread, the server's writes to it block; the engine finishes the request anyway
+        wait_for(
+            lambda: "rt_requests_admitted 0.0" in httpx.get(served.url + "/metrics").text,
+            timeout=60,
+        )
+        ok = httpx.post(
+            served.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}, timeout=30
+        )
+        assert ok.status_code == 200, ok.text
+        rest = b""
+        slow.settimeout(60)
+        while not rest.endswith(b"\r\n0\r\n\r\n") and (chunk := slow.recv(1 << 16)):
+            rest += chunk  # chunked: the last chunk is empty
+        slow.close()
+        print("TOTAL", len(rest), slow)
+        assert b"data: [DONE]" in rest[-100:], rest[-200:]  # nothing lost
+        assert rest.count(b'"finish_reason": "length"') == 1
