@@ -100,7 +100,7 @@ class ServerState:
         # for their bodies answer 503 at once (body.py).
         self.closing = asyncio.Event()
         self.started_at = int(time.time())
-        # Generation requests between admit() and the end of their response.
+        # Generation requests between admit() and release() (ServerState.admit says when).
         self.admitted = 0
         self.metrics.admitted.set_function(lambda: self.admitted)
 
