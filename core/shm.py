@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from rt.core.errors import RtError
+from rt.core.procfs import process_state
 
 SHM_DIR = "/dev/shm"
 MIB = 1 << 20
@@ -72,10 +73,8 @@ def reserve(fd: int, size: int, shm_dir: str = SHM_DIR) -> None:
 def pid_alive(pid: int) -> bool:
     """False for a process that is gone or a zombie (exited, not yet reaped)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
+        state = process_state(pid)
+        return state is not None and state != "Z"
     except OSError:  # no /proc: signal 0 tells existence (zombies count as alive)
         try:
             os.kill(pid, 0)

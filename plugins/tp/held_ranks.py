@@ -11,23 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from rt.core.procfs import process_state
+
 # /proc/PID/stat states of a process that runs no code until someone lets it:
 # T stopped by a signal, t stopped by a tracer (a debugger, strace).
 _HELD = {"T": "stopped by a signal (SIGSTOP or ^Z)", "t": "stopped by a debugger or tracer"}
 
 
-def process_state(pid: int) -> str | None:
-    """The state letter in ``/proc/PID/stat`` (R, S, D, T, t, Z, ...), or None where
-    there is no such process or no /proc."""
+def _state(pid: int) -> str | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+        return process_state(pid)
+    except OSError:  # no /proc here: nothing to say
         return None
-    # "PID (COMM) STATE ...": COMM may hold spaces and parentheses, so the state is the
-    # field after the last ")".
-    fields = stat[stat.rfind(b")") + 1 :].split()
-    return fields[0].decode() if fields else None
 
 
 def held_ranks(pids: Mapping[int, int]) -> str | None:
@@ -36,7 +31,7 @@ def held_ranks(pids: Mapping[int, int]) -> str | None:
     held = [
         f"rank {rank} (pid {pid}) was {_HELD[state]}"
         for rank, pid in sorted(pids.items())
-        if (state := process_state(pid)) in _HELD
+        if (state := _state(pid)) in _HELD
     ]
     if not held:
         return None

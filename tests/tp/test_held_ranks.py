@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from rt.plugins.tp.held_ranks import held_ranks, process_state
+from rt.core.procfs import process_state
+from rt.plugins.tp.held_ranks import held_ranks
 
 
 def _wait_state(pid: int, want: str) -> str | None:
