@@ -92,7 +92,12 @@ class ModelError(RtError):
 
 
 class RequestError(RtError):
-    """A request that can never be served (too long, bad parameters). HTTP maps it to 4xx."""
+    """A request that can never be served (too long, bad parameters). HTTP maps it to 4xx,
+    naming ``param`` (the request field at fault) in the error body."""
+
+    def __init__(self, message: str, param: str = "prompt"):
+        super().__init__(message)
+        self.param = param
 
 
 class EngineDead(RtError):

@@ -21,8 +21,11 @@ from array import array
 from collections.abc import Iterable, Sequence
 
 import attrs
+from rt.core.sampling import SamplingParams
 
-STEP_SCHEMA_VERSION = 2
+__all__ = ["STEP_SCHEMA_VERSION", "SamplingParams", "SeqStep", "StepBuilder", "StepMetadata"]
+
+STEP_SCHEMA_VERSION = 3  # 3: SamplingParams' penalties and logit_bias
 
 # Typecodes of the arrays: seq ids are int64, everything else int32 ("sample" is int8).
 SEQ_ID_TYPE, INT_TYPE, FLAG_TYPE = "q", "i", "b"
@@ -31,53 +34,6 @@ _ARRAY_FIELDS = {
     "num_generated": INT_TYPE, "sample": FLAG_TYPE, "sampling_index": INT_TYPE,
     "table_lens": INT_TYPE, "token_ids": INT_TYPE, "block_ids": INT_TYPE,
 }  # fmt: skip
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
-
-
-GREEDY_BELOW = 1e-5  # as vLLM: a temperature this small samples the argmax anyway
-
-
-@attrs.frozen
-class SamplingParams:
-    """How to pick the next token of one sequence.
-
-    ``temperature`` below ``GREEDY_BELOW`` (0 included) means greedy: dividing logits
-    by a smaller one overflows float32. ``top_k == 0`` means no top-k cut.
-    ``seed`` makes sampling reproducible per request: the n-th output token of a
-    request is drawn from a generator seeded with ``(seed, n)``, so preemption and
-    recomputation do not change the result. ``logprobs`` is how many top
-    alternatives to report per token (0: only the chosen token's logprob is kept
-    when ``want_logprobs`` is set).
-    """
-
-    temperature: float = attrs.field(default=1.0, validator=_non_negative)
-    top_p: float = attrs.field(default=1.0)
-    top_k: int = attrs.field(default=0, validator=_non_negative)
-    seed: int | None = None
-    max_tokens: int = attrs.field(default=16, validator=_non_negative)
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-    want_logprobs: bool = False
-    logprobs: int = attrs.field(default=0, validator=_non_negative)
-
-    @top_p.validator
-    def _check_top_p(self, attribute: attrs.Attribute, value: float) -> None:
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {value!r}")
-
-    @logprobs.validator
-    def _check_logprobs(self, attribute: attrs.Attribute, value: int) -> None:
-        if value > 20:
-            raise ValueError(f"logprobs must be at most 20, got {value!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < GREEDY_BELOW
 
 
 @attrs.frozen

@@ -64,7 +64,7 @@ async def _submit(
     try:
         engine.submit(request, stream.callback)
     except RequestError as e:
-        raise ApiError(422, str(e), param="prompt") from None
+        raise ApiError(422, str(e), param=e.param) from None
     except EngineDead as e:
         raise ApiError(503, str(e), code="engine_dead") from None
     state.inflight[request_id] = stream

@@ -11,14 +11,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
-from rt.core.step import SamplingParams
+from rt.core.sampling import MAX_LOGIT_BIAS, MAX_PENALTY, SamplingParams
+from rt.plugins.http import refused
 from rt.plugins.http.errors import ApiError
 from rt.plugins.http.fields import AnyOf, Array, Boolean, Integer, Number, Object, String, field
 from rt.plugins.http.fields import load as _load
+from rt.plugins.http.token_map import TokenMap
 
 Kind = Literal["completion", "chat"]
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS_TOKENS = 1024  # each costs the sampler a little, every step of the request
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # what OpenAI's legacy completions endpoint uses
 # Below this a temperature is greedy: logits divided by it overflow float32 to inf,
 # and a softmax over infinities is NaN (vLLM draws the same line).
@@ -73,6 +76,21 @@ class CommonBody:
     stream_options: StreamOptions | None = field(
         Object(StreamOptions), "Options of a streamed response."
     )
+    presence_penalty: float = field(
+        Number(minimum=-MAX_PENALTY, maximum=MAX_PENALTY),
+        "Subtracted once from the logit of every token already generated (not the prompt's).",
+        default=0.0,
+    )
+    frequency_penalty: float = field(
+        Number(minimum=-MAX_PENALTY, maximum=MAX_PENALTY),
+        "Subtracted from the logit of every generated token, once per time it was generated.",
+        default=0.0,
+    )
+    logit_bias: tuple[tuple[int, float], ...] | None = field(
+        TokenMap(Number(minimum=-MAX_LOGIT_BIAS, maximum=MAX_LOGIT_BIAS), MAX_LOGIT_BIAS_TOKENS),
+        "Added to the logits of these token ids before sampling: -100 bans a token, "
+        "100 all but forces it. Logprobs report the model's own distribution.",
+    )
 
 
 @attrs.frozen
@@ -92,6 +110,13 @@ class CompletionBody(CommonBody):
         default=False,
         explain="echo is not supported, got {value}",
     )
+    best_of: int = field(
+        Integer(minimum=1, maximum=1),
+        "How many completions to choose the best from: rt generates one.",
+        default=1,
+        explain="only best_of=1 is supported, got best_of={value}",
+    )
+    suffix: str | None = field(refused.SUFFIX, "rt does not insert text before a suffix.")
     logprobs: int | None = field(
         Integer(minimum=0, maximum=MAX_TOP_LOGPROBS),
         "Report each token's logprob and this many most likely alternatives.",
@@ -137,6 +162,13 @@ class ChatBody(CommonBody):
         Integer(minimum=0, maximum=MAX_TOP_LOGPROBS),
         "With logprobs: true, this many most likely alternatives per token.",
     )
+    tools: list | None = field(refused.TOOLS, "rt generates no tool calls: none or [].")
+    tool_choice: str | None = field(refused.TOOL_CHOICE, "rt generates no tool calls.")
+    functions: list | None = field(refused.TOOLS, "The deprecated tools: none or [].")
+    function_call: str | None = field(refused.TOOL_CHOICE, "The deprecated tool_choice.")
+    response_format: dict | None = field(
+        refused.RESPONSE_FORMAT, 'rt generates free text: {"type": "text"} only.'
+    )
 
 
 @attrs.frozen
@@ -166,6 +198,9 @@ def _parsed(body: CommonBody, kind: Kind, logprobs: int | None, **rest: Any) -> 
         stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
         want_logprobs=logprobs is not None,
         logprobs=logprobs or 0,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=body.logit_bias or (),
     )
     options = body.stream_options
     return ParsedRequest(

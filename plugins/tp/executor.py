@@ -24,9 +24,19 @@ from typing import Any, Protocol
 import attrs
 from rt.core.channel import ControlMessage, MetadataChannel
 from rt.core.step import StepMetadata
+from rt.plugins.tp.engine.sequence import SamplerExtras
 
 SHUTDOWN = ControlMessage("shutdown")
 HEARTBEAT = ControlMessage("heartbeat")
+Extras = dict[int, SamplerExtras]  # by sequence id
+
+
+@attrs.frozen
+class StepWithExtras:
+    """A step and its sampler extras (see ``StepExecutor.execute``): driver to rank 0."""
+
+    step: StepMetadata
+    extras: Extras
 
 
 @attrs.frozen
@@ -49,9 +59,13 @@ class StepExecutor(Protocol):
     def bind_thread(self) -> None:
         """Called first in the engine loop's thread."""
 
-    def execute(self, step: StepMetadata) -> tuple[list[int], list[Any]]:
+    def execute(
+        self, step: StepMetadata, extras: Extras | None = None
+    ) -> tuple[list[int], list[Any]]:
         """Run ``step`` on every rank; the sampled token ids and their logprobs, one per
-        sequence that samples this step, in step order."""
+        sequence that samples this step, in step order. ``extras``: what rank 0's
+        sampler needs for some of those sequences beyond the step (penalties,
+        ``logit_bias``), by sequence id; the other ranks never see it."""
 
     def drain_events(self) -> list[dict]:
         """Timeline spans (``Span.to_dict()``) rank 0 recorded since the last call: a
@@ -80,14 +94,20 @@ class LocalExecutor:
     def bind_thread(self) -> None:
         self.runner.bind_compute_thread()
 
-    def execute(self, step: StepMetadata) -> tuple[list[int], list[Any]]:
+    def execute(
+        self, step: StepMetadata, extras: Extras | None = None
+    ) -> tuple[list[int], list[Any]]:
         if self.channel is not None:
             self.channel.send(step)
         logits = self.runner.run(step)
         params, num_generated = step.sampled_params()
         if not params:
             return [], []
-        result = self.sampler.sample(logits, params, num_generated)
+        rows = None
+        if extras:
+            sampled = (s for s, flag in zip(step.seq_ids, step.sample, strict=True) if flag)
+            rows = [extras.get(seq_id) for seq_id in sampled]
+        result = self.sampler.sample(logits, params, num_generated, rows)
         return result.token_ids, result.logprobs
 
     def drain_events(self) -> list[dict]:
@@ -115,8 +135,10 @@ class RemoteExecutor:
     def bind_thread(self) -> None:
         pass  # the model's threads live in rank 0's process
 
-    def execute(self, step: StepMetadata) -> tuple[list[int], list[Any]]:
-        self.conn.send(step)
+    def execute(
+        self, step: StepMetadata, extras: Extras | None = None
+    ) -> tuple[list[int], list[Any]]:
+        self.conn.send(StepWithExtras(step, extras) if extras else step)
         reply = self.conn.recv()  # EOFError when rank 0 is gone
         if reply[0] == "error":
             raise RuntimeError(f"rank 0: {reply[1]}")
@@ -143,9 +165,11 @@ def serve_driver(conn: Connection, executor: LocalExecutor) -> None:
             message = conn.recv()
         except EOFError:  # the driver is gone; the other ranks die with their parent
             return
-        if isinstance(message, StepMetadata):
+        if isinstance(message, StepMetadata | StepWithExtras):
+            plain = isinstance(message, StepMetadata)
+            step, extras = (message, None) if plain else (message.step, message.extras)
             try:
-                tokens, logprobs = executor.execute(message)
+                tokens, logprobs = executor.execute(step, extras)
             except Exception as e:
                 conn.send(("error", f"{type(e).__name__}: {e}"))
                 raise

@@ -112,6 +112,11 @@ class LLMEngine:
             raise RequestError(
                 f"request {request.request_id}: prompt token ids must be in [0, {vocab})"
             )
+        if any(t >= vocab for t, _ in request.sampling.logit_bias):
+            raise RequestError(
+                f"request {request.request_id}: logit_bias token ids must be in [0, {vocab})",
+                param="logit_bias",
+            )
         with self._lock:
             if self._closed is not None:
                 raise EngineDead(f"the engine is not running: {self._closed}")
@@ -204,13 +209,14 @@ class LLMEngine:
                     if self._stopping or self._closed is not None:
                         return
                     step = None if beat else self.scheduler.schedule()
+                    extras = None if step is None else self.scheduler.sampler_extras(step)
                 if beat:
                     self.executor.heartbeat()
                     last_sent = time.monotonic()
                     continue
                 if step is None:
                     continue
-                tokens, logprobs = self.executor.execute(step)
+                tokens, logprobs = self.executor.execute(step, extras)
                 last_sent = time.monotonic()
                 events = self.executor.drain_events()
                 if events and self._on_events is not None:

@@ -21,6 +21,11 @@ sampling_params = st.builds(
     ignore_eos=st.booleans(),
     want_logprobs=st.booleans(),
     logprobs=st.integers(0, 20),
+    presence_penalty=st.floats(-2, 2),
+    frequency_penalty=st.floats(-2, 2),
+    logit_bias=st.dictionaries(INT32, st.floats(-100, 100), max_size=3).map(
+        lambda d: tuple(d.items())
+    ),
 )
 
 

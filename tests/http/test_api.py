@@ -205,6 +205,16 @@ def test_body_over_the_limit_is_413(server):
         (b'{"prompt": [1, -5]}', "prompt"),
         (b'{"prompt": ""}', "prompt"),
         (b'{"prompt": "hi", "echo": true}', "echo"),
+        (b'{"prompt": "hi", "best_of": 2}', "best_of"),
+        (b'{"prompt": "hi", "suffix": "end"}', "suffix"),
+        (b'{"prompt": "hi", "presence_penalty": 2.5}', "presence_penalty"),
+        (b'{"prompt": "hi", "frequency_penalty": -3}', "frequency_penalty"),
+        (b'{"prompt": "hi", "logit_bias": {"abc": 1}}', "logit_bias"),
+        (rb'{"prompt": "hi", "logit_bias": {"\u00b2": 1}}', "logit_bias"),
+        (b'{"prompt": "hi", "logit_bias": {"1": 101}}', "logit_bias"),
+        (b'{"prompt": "hi", "logit_bias": {"1": 1, "01": 2}}', "logit_bias"),
+        (b'{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias"),  # past the vocabulary
+        (b'{"prompt": "hi", "logit_bias": [1, 2]}', "logit_bias"),
     ],
 )
 def test_hostile_values_are_422_with_an_openai_body(server, raw, param):
@@ -225,6 +235,53 @@ def test_hostile_values_are_422_with_an_openai_body(server, raw, param):
 )
 def test_bad_chat_bodies_are_422(server, body):
     assert_error_body(httpx.post(server + "/v1/chat/completions", json=body), 422)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        ("tool_choice", "required"),
+        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+        ("functions", [{"name": "f"}]),
+        ("function_call", {"name": "f"}),
+        ("response_format", {"type": "json_object"}),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
+    ],
+)
+def test_what_rt_cannot_honour_is_refused_not_ignored(server, field, value):
+    # Served as plain text, such a request would look answered and be wrong.
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, field: value}
+    error = assert_error_body(httpx.post(server + "/v1/chat/completions", json=body), 422)
+    assert error["param"] == field and "not supported" in error["message"]
+
+
+def test_neutral_values_of_those_fields_are_served(client, model):
+    out = client.chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        max_tokens=2,
+        tools=[],
+        tool_choice="none",
+        response_format={"type": "text"},
+        presence_penalty=0,
+        frequency_penalty=0,
+        logit_bias={},
+    )
+    assert out.choices[0].finish_reason in ("stop", "length")
+
+
+def test_logit_bias_and_penalties_through_the_client(client, model):
+    plain = client.completions.create(model=model, prompt=PROMPT, max_tokens=12, temperature=0)
+    forced = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=6, temperature=0.9, logit_bias={"7": 100}, logprobs=0
+    )
+    assert len(set(forced.choices[0].logprobs.tokens)) == 1
+    penalized = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=12, temperature=0, frequency_penalty=2,
+        presence_penalty=2,
+    )  # fmt: skip
+    assert penalized.choices[0].text != plain.choices[0].text
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pytest
 
 from tests.http.conftest import assert_error_body
 from tests.http.serve_process import Stream, rt_serve, wait_for
-from tests.serving_models import write_servable_model
+from tests.serving_models import VOCAB_SIZE, write_servable_model, write_tp3_servable_model
 
 # Just under server.max_body_bytes (1 MiB) once wrapped in JSON: ~1 M tokens for the
 # test tokenizer, about a second of tokenizing.
@@ -138,6 +138,41 @@ def test_very_long_stop_strings_cost_no_more_than_short_ones(long_context_server
     # nothing is lost by holding text back
     assert [b["choices"][0]["text"] for b in held] == [text] * clients
     assert long < 2 * short + 1, f"{long:.2f} s with long stop strings, {short:.2f} s with short"
+
+
+@pytest.mark.parametrize("channel", ["object-list", "shm-broadcast"])
+def test_long_stop_strings_and_logit_biases_at_tp3_leave_the_engine_up(http_env, tmp_path, channel):
+    # A step goes to every rank: with each request's sampling params in it, three
+    # requests with 800k characters of stop strings made a 2.4 MB step, past
+    # shm-broadcast's 1 MiB frame, and the engine died; with object-list every rank
+    # unpickled the strings every step. Stop strings stay in the driver now, and
+    # logit_bias goes to rank 0 (in its own process here) beside the step.
+    model = write_tp3_servable_model(tmp_path / "model", seed=3)
+    with rt_serve(
+        model, http_env, tmp_path / "serve.log", f"--plugins={channel}", "--tp", "3",
+        "--set", "parallel.rank0=process",
+    ) as served:  # fmt: skip
+        body = {"prompt": "Hello", "max_tokens": 8, "temperature": 0, "logprobs": 0}
+        plain = httpx.post(served.url + "/v1/completions", json=body, timeout=60).json()
+        heavy = {
+            **body,
+            "stop": ["\x7f" * 200_000 + str(i) for i in range(4)],
+            "logit_bias": {str(t): 0 for t in range(VOCAB_SIZE)},
+        }
+        with ThreadPoolExecutor(3) as pool:
+            responses = list(
+                pool.map(
+                    lambda _: httpx.post(served.url + "/v1/completions", json=heavy, timeout=120),
+                    range(3),
+                )
+            )
+        for r in responses:
+            assert r.status_code == 200, (r.text, served.log_text()[-2000:])
+            assert r.json()["choices"][0]["text"] == plain["choices"][0]["text"]
+        forced = {**body, "logit_bias": {"42": 100}}
+        tokens = httpx.post(served.url + "/v1/completions", json=forced, timeout=60).json()
+        assert len(set(tokens["choices"][0]["logprobs"]["tokens"])) == 1, tokens
+        assert httpx.get(served.url + "/ready").status_code == 200
 
 
 def test_past_max_concurrent_requests_a_request_gets_429_at_once(http_env, tmp_path):

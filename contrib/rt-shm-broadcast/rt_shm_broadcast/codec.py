@@ -11,7 +11,8 @@ buffer the caller owns (a ring-buffer slot or a preallocated tensor)::
              | num_generated i[n] | sampling_index i[n] | table_lens i[n]
              | sample b[n], zero-padded to a multiple of 8 | token_ids i[tokens]
              | block_ids i[blocks]
-             | sampling records (u32 length + fixed part, stop ids, stop strings)
+             | sampling records (u32 length + fixed part, stop ids, logit_bias
+               pairs, stop strings)
              The 48-byte header and the padding start every array at a multiple of
              its item size, so a reader's views are slices of the buffer cast once.
     control  kind code in ``n_seqs``, seq id in the id field;
@@ -55,9 +56,10 @@ _CONTROL_KINDS = ("ping", "shutdown", "abort", "heartbeat")
 # The typecodes of the step's arrays, in frame order: seq_ids, token_counts,
 # start_positions, num_generated, sampling_index, table_lens, sample, token_ids, block_ids.
 STEP_TYPECODES = ("q", "i", "i", "i", "i", "i", "b", "i", "i")
-_SAMPLING = struct.Struct(
-    "<ddqqqiBII"
-)  # temp, top_p, top_k, seed, max_tokens, logprobs, flags, n_stop_ids, n_stop
+# temp, top_p, top_k, seed, max_tokens, logprobs, flags, n_stop_ids, n_stop,
+# presence_penalty, frequency_penalty, n_logit_bias
+_SAMPLING = struct.Struct("<ddqqqiBIIddI")
+_BIAS = struct.Struct("<id")  # one logit_bias entry: token id, bias
 _U32 = struct.Struct("<I")
 _HAS_SEED, _IGNORE_EOS, _WANT_LOGPROBS = 1, 2, 4
 _CACHE_LIMIT = 4096
@@ -94,7 +96,8 @@ def _too_large(what: str, need: int, limit: int) -> FrameTooLarge:
 
 
 def encode_sampling(sp: SamplingParams) -> bytes:
-    """One sampling record: u32 body length, then the fixed part, stop ids, stop strings."""
+    """One sampling record: u32 body length, then the fixed part, stop ids, logit_bias
+    pairs, stop strings."""
     flags = (
         (_HAS_SEED if sp.seed is not None else 0)
         | (_IGNORE_EOS if sp.ignore_eos else 0)
@@ -111,8 +114,12 @@ def encode_sampling(sp: SamplingParams) -> bytes:
             flags,
             len(sp.stop_token_ids),
             len(sp.stop),
+            sp.presence_penalty,
+            sp.frequency_penalty,
+            len(sp.logit_bias),
         ),
         struct.pack(f"<{len(sp.stop_token_ids)}i", *sp.stop_token_ids),
+        b"".join(_BIAS.pack(t, b) for t, b in sp.logit_bias),
     ]
     for s in sp.stop:
         raw = s.encode("utf-8")
@@ -122,12 +129,13 @@ def encode_sampling(sp: SamplingParams) -> bytes:
 
 
 def decode_sampling(body: bytes) -> SamplingParams:
-    temp, top_p, top_k, seed, max_tokens, logprobs, flags, n_ids, n_stop = _SAMPLING.unpack_from(
-        body, 0
-    )
+    (temp, top_p, top_k, seed, max_tokens, logprobs, flags, n_ids, n_stop, presence,
+     frequency, n_bias) = _SAMPLING.unpack_from(body, 0)  # fmt: skip
     off = _SAMPLING.size
     stop_ids = struct.unpack_from(f"<{n_ids}i", body, off)
     off += 4 * n_ids
+    bias = [_BIAS.unpack_from(body, off + _BIAS.size * k) for k in range(n_bias)]
+    off += _BIAS.size * n_bias
     stops = []
     for _ in range(n_stop):
         (length,) = _U32.unpack_from(body, off)
@@ -148,6 +156,9 @@ def decode_sampling(body: bytes) -> SamplingParams:
         ignore_eos=bool(flags & _IGNORE_EOS),
         want_logprobs=bool(flags & _WANT_LOGPROBS),
         logprobs=logprobs,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        logit_bias=bias,
     )
 
 

@@ -1,6 +1,7 @@
 """Turn the last position's logits of each sequence into its next token.
 
-Greedy rows take the argmax. Other rows divide by their temperature, keep the
+A row's ``logit_bias`` and penalties are applied first (penalties.py). Greedy rows
+take the argmax. Other rows divide by their temperature, keep the
 top-k tokens, then the smallest nucleus whose probability reaches top-p (always at
 least one token), and draw by inverse CDF: one uniform number per row, located in
 the cumulative sum of what is left, in vocabulary order. Both cuts are value
@@ -20,7 +21,8 @@ from collections.abc import Sequence as SequenceABC
 import attrs
 import torch
 from rt.core.step import SamplingParams
-from rt.plugins.tp.engine.sequence import TokenLogprobs
+from rt.plugins.tp.engine.penalties import adjust_logits
+from rt.plugins.tp.engine.sequence import SamplerExtras, TokenLogprobs
 
 _SEED_MUL = 1_000_003
 _SEED_MOD = 2**63
@@ -68,11 +70,16 @@ class Sampler:
         logits: torch.Tensor,
         params: SequenceABC[SamplingParams],
         num_generated: SequenceABC[int],
+        extras: SequenceABC[SamplerExtras | None] | None = None,
     ) -> SampleResult:
+        """``extras[i]``: row ``i``'s generated tokens and ``logit_bias`` where its
+        request has penalties or a bias (None elsewhere; None: no row has)."""
         # logits: [n, V] float32, one row per sequence that samples this step
         n = logits.shape[0]
         assert logits.dim() == 2 and len(params) == n == len(num_generated)
-        logits = logits.float()
+        raw = logits = logits.float()
+        if extras is not None:
+            logits = adjust_logits(logits, params, extras)
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if not random_rows:
             tokens = logits.argmax(dim=-1)  # tokens: [n]
@@ -87,7 +94,7 @@ class Sampler:
                 [num_generated[i] for i in random_rows],
             )
         token_ids: list[int] = tokens.tolist()
-        return SampleResult(token_ids, self._logprobs(logits, tokens, params, token_ids))
+        return SampleResult(token_ids, self._logprobs(raw, tokens, params, token_ids))
 
     def _sample_random(
         self,

@@ -43,7 +43,13 @@ import attrs
 from rt.core.errors import ConfigError, RequestError
 from rt.core.step import StepBuilder, StepMetadata
 from rt.plugins.tp.engine.block_manager import BlockManager
-from rt.plugins.tp.engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprobs
+from rt.plugins.tp.engine.sequence import (
+    FinishReason,
+    SamplerExtras,
+    Sequence,
+    SequenceStatus,
+    TokenLogprobs,
+)
 
 
 @attrs.frozen
@@ -99,6 +105,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self._live: dict[int, Sequence] = {}
+        self._with_extras: set[int] = set()  # live sequences with penalties or logit_bias
         self._arrivals = itertools.count()
         self._step_ids = itertools.count()
 
@@ -125,6 +132,8 @@ class Scheduler:
         self._check_fits(seq)
         seq.arrival = next(self._arrivals)
         self._live[seq.seq_id] = seq
+        if seq.has_sampler_extras:
+            self._with_extras.add(seq.seq_id)
         self.waiting.append(seq)
 
     def schedule(self) -> StepMetadata | None:
@@ -168,6 +177,18 @@ class Scheduler:
             assert not self.running and not self.waiting, "scheduler made no progress"
             return None
         return steps.build(next(self._step_ids))
+
+    def sampler_extras(self, step: StepMetadata) -> dict[int, SamplerExtras] | None:
+        """What rank 0's sampler needs beside ``step`` (penalties, ``logit_bias``) for
+        its sequences that sample, by id; None when none needs anything (the usual step)."""
+        if not self._with_extras:
+            return None
+        extras = {
+            seq_id: self._live[seq_id].sampler_extras()
+            for seq_id, flag in zip(step.seq_ids, step.sample, strict=True)
+            if flag and seq_id in self._with_extras
+        }
+        return extras or None
 
     def postprocess(
         self,
@@ -282,6 +303,7 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         del self._live[seq.seq_id]
+        self._with_extras.discard(seq.seq_id)
 
     def _stop_reason(self, seq: Sequence) -> FinishReason | None:
         params, token = seq.sampling, seq.output_token_ids[-1]
@@ -302,5 +324,5 @@ class Scheduler:
             seq.block_table,
             start + num_tokens == seq.num_tokens,
             seq.num_generated,
-            seq.sampling,
+            seq.step_sampling,
         )

@@ -35,6 +35,17 @@ class TokenLogprobs:
     top: tuple[tuple[int, float], ...] = ()
 
 
+@attrs.frozen
+class SamplerExtras:
+    """What rank 0's sampler needs for one sequence beyond its step's sampling record,
+    sent beside the step (never to the other ranks): the tokens it generated so far
+    (for presence and frequency penalties; empty without them) and its
+    ``logit_bias``."""
+
+    outputs: tuple[int, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+
 @attrs.define(eq=False)
 class Sequence:
     """One request: its prompt, what it has generated, and where its KV lives.
@@ -62,6 +73,20 @@ class Sequence:
     num_cached_tokens: int = 0
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    # what the steps carry (SamplingParams.step_view), made once
+    step_sampling: SamplingParams = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.step_sampling = self.sampling.step_view()
+
+    @property
+    def has_sampler_extras(self) -> bool:
+        return bool(self.sampling.logit_bias) or self.sampling.penalized
+
+    def sampler_extras(self) -> SamplerExtras:
+        p = self.sampling
+        outputs = tuple(self.output_token_ids) if p.penalized else ()
+        return SamplerExtras(outputs, p.logit_bias)
 
     @property
     def num_prompt_tokens(self) -> int:

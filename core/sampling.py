@@ -1,0 +1,108 @@
+"""How to pick the next token of one sequence: the request's sampling parameters.
+
+Steps carry them to the ranks (``rt.core.step``), so nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+MAX_PENALTY = 2.0  # OpenAI's range for presence_penalty and frequency_penalty: [-2, 2]
+MAX_LOGIT_BIAS = 100.0  # and for a logit_bias value: [-100, 100]
+
+
+def _penalty(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not -MAX_PENALTY <= value <= MAX_PENALTY:
+        raise ValueError(f"{attribute.name} must be in [-2, 2], got {value!r}")
+
+
+def _bias_pairs(value: Iterable[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+    return tuple((int(t), float(b)) for t, b in value)
+
+
+def _check_logit_bias(
+    instance: object, attribute: attrs.Attribute, value: tuple[tuple[int, float], ...]
+) -> None:
+    ids = [t for t, _ in value]
+    if len(set(ids)) != len(ids):
+        raise ValueError("logit_bias names a token id twice")
+    for token_id, bias in value:
+        if token_id < 0 or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+            raise ValueError(
+                f"logit_bias needs token ids >= 0 and biases in [-100, 100], got "
+                f"{token_id}: {bias!r}"
+            )
+
+
+GREEDY_BELOW = 1e-5  # as vLLM: a temperature this small samples the argmax anyway
+
+
+@attrs.frozen
+class SamplingParams:
+    """How to pick the next token of one sequence.
+
+    ``temperature`` below ``GREEDY_BELOW`` (0 included) means greedy: dividing logits
+    by a smaller one overflows float32. ``top_k == 0`` means no top-k cut.
+    ``seed`` makes sampling reproducible per request: the n-th output token of a
+    request is drawn from a generator seeded with ``(seed, n)``, so preemption and
+    recomputation do not change the result. ``logprobs`` is how many top
+    alternatives to report per token (0: only the chosen token's logprob is kept
+    when ``want_logprobs`` is set).
+
+    ``presence_penalty`` and ``frequency_penalty`` (each in [-2, 2]) lower the logit
+    of every token the sequence has generated so far, by the first once and by the
+    second per occurrence (OpenAI's formula; the prompt does not count).
+    ``logit_bias`` adds ``bias`` (in [-100, 100]) to token ``token_id``'s logit, per
+    ``(token_id, bias)`` pair. Both change what is sampled, not the reported logprobs.
+    """
+
+    temperature: float = attrs.field(default=1.0, validator=_non_negative)
+    top_p: float = attrs.field(default=1.0)
+    top_k: int = attrs.field(default=0, validator=_non_negative)
+    seed: int | None = None
+    max_tokens: int = attrs.field(default=16, validator=_non_negative)
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    want_logprobs: bool = False
+    logprobs: int = attrs.field(default=0, validator=_non_negative)
+    presence_penalty: float = attrs.field(default=0.0, validator=_penalty)
+    frequency_penalty: float = attrs.field(default=0.0, validator=_penalty)
+    logit_bias: tuple[tuple[int, float], ...] = attrs.field(
+        default=(), converter=_bias_pairs, validator=_check_logit_bias
+    )
+
+    @top_p.validator
+    def _check_top_p(self, attribute: attrs.Attribute, value: float) -> None:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {value!r}")
+
+    @logprobs.validator
+    def _check_logprobs(self, attribute: attrs.Attribute, value: int) -> None:
+        if value > 20:
+            raise ValueError(f"logprobs must be at most 20, got {value!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
+    @property
+    def penalized(self) -> bool:
+        """Whether sampling needs the tokens this sequence generated so far."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    def step_view(self) -> SamplingParams:
+        """These params as a step carries them to every rank: without the stop strings
+        (the driver checks them) and ``logit_bias`` (rank 0's sampler gets it beside the
+        step), whose size the client chooses: what every step sends stays small."""
+        if not self.stop and not self.logit_bias:
+            return self
+        return attrs.evolve(self, stop=(), logit_bias=())
