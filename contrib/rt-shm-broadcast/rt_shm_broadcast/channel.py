@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -25,7 +26,7 @@ from rt.core.channel import Message
 from rt.core.errors import ConfigError
 from rt.core.shm import ShmUnavailable
 
-from rt_shm_broadcast.codec import FRAME_ENV, Encoder
+from rt_shm_broadcast.codec import FRAME_ENV, Encoder, FrameTooLarge, Spill, encode_spill
 from rt_shm_broadcast.decode import Decoder
 from rt_shm_broadcast.ring import ChannelClosed, Ring, remove_stale
 
@@ -65,11 +66,14 @@ class Plan:
 class ShmBroadcastChannel:
     name = "shm-broadcast"
 
-    def __init__(self, rank: int, plan: Plan, ring: Ring | None, remote_group: Any):
+    def __init__(
+        self, rank: int, plan: Plan, ring: Ring | None, remote_group: Any, group: Any = None
+    ):
         self.rank = rank
         self.plan = plan
         self._ring = ring
         self._group = remote_group
+        self._all = group  # every rank: a frame too large for a slot spills over it
         self._lock = threading.Lock()  # send and close may come from different threads
         self._closed = False
         self._encoder = Encoder() if rank == 0 else None
@@ -117,7 +121,7 @@ class ShmBroadcastChannel:
             sub = dist.new_group(members, backend="gloo")
         if rank in plan.local:
             ring = Ring.attach(plan.segment, plan.local.index(rank))
-        return cls(rank, plan, ring, sub)
+        return cls(rank, plan, ring, sub, group)
 
     # -- MetadataChannel ---------------------------------------------------------
 
@@ -126,27 +130,65 @@ class ShmBroadcastChannel:
             if self._closed:
                 raise ChannelClosed("send on a closed shm-broadcast channel")
             encode = self._encoder.encode
-            if self._ring is not None:
-                ring = self._ring
-                length = ring.publish(lambda buf: encode(message, buf))
-                if self._view is not None:  # the same frame for the ranks on other nodes
-                    self._view[:length] = ring.slots[(ring.count - 1) % ring.num_slots][:length]
-            else:
-                encode(message, self._view)
-            if self._tensor is not None:
-                import torch.distributed as dist
+            try:
+                self._send_frame(lambda buf: encode(message, buf))
+            except FrameTooLarge as e:
+                if self._all is None:
+                    raise
+                self._spill(message, e.need)
 
-                dist.broadcast(
-                    self._tensor, src=dist.get_global_rank(self._group, 0), group=self._group
-                )
+    def _send_frame(self, write: Callable[[Any], int]) -> None:
+        if self._ring is not None:
+            ring = self._ring
+            length = ring.publish(write)
+            if self._view is not None:  # the same frame for the ranks on other nodes
+                self._view[:length] = ring.slots[(ring.count - 1) % ring.num_slots][:length]
+        else:
+            write(self._view)
+        if self._tensor is not None:
+            import torch.distributed as dist
+
+            dist.broadcast(
+                self._tensor, src=dist.get_global_rank(self._group, 0), group=self._group
+            )
+
+    def _spill(self, message: Message, need: int) -> None:
+        """A step larger than a slot (a batch of long block tables or prompts, past what
+        the frame size was chosen for): a spill frame tells every reader its length,
+        then the frame itself goes to every rank in one gloo broadcast. Costs one
+        wake-up per rank more than a ring frame; rare steps only."""
+        import torch
+        import torch.distributed as dist
+
+        big = torch.empty(need, dtype=torch.uint8)
+        length = self._encoder.encode(message, memoryview(big.numpy()))
+        self._send_frame(lambda buf: encode_spill(length, buf))
+        dist.broadcast(big[:length], src=dist.get_global_rank(self._all, 0), group=self._all)
 
     def recv(self) -> Message:
         if self._ring is not None:
-            return self._ring.receive(self._decoder.decode)
+            message = self._ring.receive(self._decoder.decode)
+        else:
+            import torch.distributed as dist
+
+            src = dist.get_global_rank(self._group, 0)
+            dist.broadcast(self._tensor, src=src, group=self._group)
+            message = self._decoder.decode(self._view)
+        if isinstance(message, Spill):
+            return self._receive_spilled(message.length)
+        return message
+
+    def _receive_spilled(self, length: int) -> Message:
+        import torch
         import torch.distributed as dist
 
-        dist.broadcast(self._tensor, src=dist.get_global_rank(self._group, 0), group=self._group)
-        return self._decoder.decode(self._view)
+        big = torch.empty(length, dtype=torch.uint8)
+        dist.broadcast(big, src=dist.get_global_rank(self._all, 0), group=self._all)
+        view = memoryview(big.numpy())
+        try:  # the step's arrays view ``big``, which they keep alive
+            return self._decoder.decode(view)
+        finally:
+            self._decoder.forget(view)
 
     def close(self) -> None:
         # No lock: a send blocked on a dead reader holds it; the ring's closed flag

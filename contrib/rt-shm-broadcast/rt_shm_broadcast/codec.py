@@ -35,6 +35,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import attrs
 from rt.core.channel import ControlMessage, Message
 from rt.core.errors import RtError
 from rt.core.step import STEP_SCHEMA_VERSION, SamplingParams, StepMetadata
@@ -50,7 +51,7 @@ FRAME_ENV = "RT_SHM_BROADCAST_FRAME_BYTES"
 
 _HEADER = struct.Struct("<4sHHBBHqIIIIII4x")  # 48 bytes: arrays start 8-aligned
 HEADER_BYTES = _HEADER.size
-KIND_STEP, KIND_CONTROL = 1, 2
+KIND_STEP, KIND_CONTROL, KIND_SPILL = 1, 2, 3
 SAME_SAMPLING = 1  # header flag: the step's sampling records are the previous frame's
 _CONTROL_KINDS = ("ping", "shutdown", "abort", "heartbeat")
 # The typecodes of the step's arrays, in frame order: seq_ids, token_counts,
@@ -85,13 +86,35 @@ class FrameError(RtError):
 
 
 class FrameTooLarge(FrameError):
-    """A message larger than the channel's fixed frame size."""
+    """A message larger than the channel's fixed frame size; ``need``: its bytes."""
+
+    def __init__(self, message: str, need: int):
+        super().__init__(message)
+        self.need = need
+
+
+@attrs.frozen
+class Spill:
+    """A spill frame's message: the next frame, ``length`` bytes, too large for a slot,
+    comes over a gloo broadcast instead (see ``channel.py``)."""
+
+    length: int
+
+
+def encode_spill(length: int, buf: Any) -> int:
+    """Write a spill frame announcing a ``length``-byte frame; return its length."""
+    _HEADER.pack_into(
+        buf, 0, MAGIC, LAYOUT_VERSION, STEP_SCHEMA_VERSION, KIND_SPILL, 0, 0, length,
+        HEADER_BYTES, 0, 0, 0, 0, 0,
+    )  # fmt: skip
+    return HEADER_BYTES
 
 
 def _too_large(what: str, need: int, limit: int) -> FrameTooLarge:
     return FrameTooLarge(
         f"{what} needs {need} bytes but the shm-broadcast frame size is {limit} bytes: "
-        f"raise it with {FRAME_ENV}={max(need, limit * 2)} (set on the driver)"
+        f"raise it with {FRAME_ENV}={max(need, limit * 2)} (set on the driver)",
+        need,
     )
 
 
@@ -291,7 +314,7 @@ def frame_header(buf: Any) -> tuple:
             f"frame carries step schema v{schema}, this rank speaks v{STEP_SCHEMA_VERSION}: "
             "install the same rt version on every rank"
         )
-    if kind not in (KIND_STEP, KIND_CONTROL):
+    if kind not in (KIND_STEP, KIND_CONTROL, KIND_SPILL):
         raise FrameError(f"unknown frame kind {kind}")
     if total > len(buf):
         raise FrameError(f"frame truncated: header says {total} bytes, the buffer holds {len(buf)}")

@@ -15,8 +15,10 @@ from rt_shm_broadcast.codec import (
     _U32,
     HEADER_BYTES,
     KIND_CONTROL,
+    KIND_SPILL,
     SAME_SAMPLING,
     FrameError,
+    Spill,
     _frame,
     _pad8,
     decode_sampling,
@@ -71,6 +73,10 @@ class Decoder:
                 return step
         return self._decode(buf, cache[:3])
 
+    def forget(self, buf: Any) -> None:
+        """Drop what :meth:`decode` keeps for ``buf`` (a one-off spill buffer)."""
+        self._views.pop(id(buf), None)
+
     def _cache(self, buf: memoryview) -> list:
         """Per buffer: ``buf`` cast to int64, int32 and int8 (made once; every array of
         a frame is one slice of one of them), then the counts and nine views of the
@@ -91,6 +97,8 @@ class Decoder:
         _, _, schema, kind, flags, _, ident, total, n, n_tokens, n_blocks, n_rec, rec_bytes = fields
         if kind == KIND_CONTROL:
             return _decode_control(buf, ident, n, total)
+        if kind == KIND_SPILL:
+            return Spill(ident)
         end = HEADER_BYTES + step_body_bytes(n, n_tokens, n_blocks)
         if end + rec_bytes != total:
             raise FrameError(

@@ -40,6 +40,23 @@ def test_generate_is_token_identical_with_each_channel(tiny_llama):
     assert len(outputs[()]) == 24
 
 
+def test_a_prompt_larger_than_a_frame_is_served_not_fatal(tmp_path):
+    # A 4 KiB frame holds ~1000 token ids: the prefill step of a longer prompt spills
+    # over gloo (a step past the frame used to fail with FrameTooLarge and end the engine).
+    model = write_servable_model(tmp_path, "llama_gqa_tied", seed=1, max_position_embeddings=4096)
+    prompt = " ".join(["fox"] * 500)
+    outputs = {}
+    for frame in (None, "4096"):
+        env = {"RT_SHM_BROADCAST_FRAME_BYTES": frame} if frame else {}
+        result = run_rt(
+            "generate", str(model), prompt, "--max-tokens", "8", "--json", "--tp", "2",
+            "--plugins=shm-broadcast", env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[frame] = json.loads(result.stdout)
+    assert outputs["4096"]["token_ids"] == outputs[None]["token_ids"]
+
+
 def test_killed_rank_is_reported_fast_and_leaves_no_segment(tiny_llama):
     returncode, report, stderr, pid = run_in_subprocess(tiny_llama, ["shm-broadcast"], REPO)
     assert returncode == 0, stderr[-3000:]
