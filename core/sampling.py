@@ -17,6 +17,7 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float) ->
 
 MAX_PENALTY = 2.0  # OpenAI's range for presence_penalty and frequency_penalty: [-2, 2]
 MAX_LOGIT_BIAS = 100.0  # and for a logit_bias value: [-100, 100]
+MAX_REPETITION_PENALTY = 2.0  # repetition_penalty in (0, 2] (1: none)
 
 
 def _penalty(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -60,8 +61,12 @@ class SamplingParams:
     ``presence_penalty`` and ``frequency_penalty`` (each in [-2, 2]) lower the logit
     of every token the sequence has generated so far, by the first once and by the
     second per occurrence (OpenAI's formula; the prompt does not count).
-    ``logit_bias`` adds ``bias`` (in [-100, 100]) to token ``token_id``'s logit, per
-    ``(token_id, bias)`` pair. Both change what is sampled, not the reported logprobs.
+    ``repetition_penalty`` (in (0, 2]; 1: none) divides the positive logits of every
+    token in the prompt or the output by itself and multiplies the negative ones (as
+    vLLM and Hugging Face do). ``logit_bias`` adds ``bias`` (in [-100, 100]) to token
+    ``token_id``'s logit, per ``(token_id, bias)`` pair. ``min_p`` (in [0, 1]) keeps
+    only the tokens at least ``min_p`` times as likely as the most likely one, after
+    temperature. None of these changes the reported logprobs.
     """
 
     temperature: float = attrs.field(default=1.0, validator=_non_negative)
@@ -79,6 +84,18 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = attrs.field(
         default=(), converter=_bias_pairs, validator=_check_logit_bias
     )
+    repetition_penalty: float = attrs.field(default=1.0)
+    min_p: float = attrs.field(default=0.0)
+
+    @repetition_penalty.validator
+    def _check_repetition_penalty(self, attribute: attrs.Attribute, value: float) -> None:
+        if not 0.0 < value <= MAX_REPETITION_PENALTY:
+            raise ValueError(f"repetition_penalty must be in (0, 2], got {value!r}")
+
+    @min_p.validator
+    def _check_min_p(self, attribute: attrs.Attribute, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {value!r}")
 
     @top_p.validator
     def _check_top_p(self, attribute: attrs.Attribute, value: float) -> None:
@@ -97,7 +114,11 @@ class SamplingParams:
     @property
     def penalized(self) -> bool:
         """Whether sampling needs the tokens this sequence generated so far."""
-        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
 
     def step_view(self) -> SamplingParams:
         """These params as a step carries them to every rank: without the stop strings

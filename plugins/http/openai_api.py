@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
-from rt.core.sampling import MAX_LOGIT_BIAS, MAX_PENALTY, SamplingParams
+from rt.core.sampling import (
+    MAX_LOGIT_BIAS,
+    MAX_PENALTY,
+    MAX_REPETITION_PENALTY,
+    SamplingParams,
+)
 from rt.plugins.http import refused
 from rt.plugins.http.errors import ApiError
 from rt.plugins.http.fields import AnyOf, Array, Boolean, Integer, Number, Object, String, field
@@ -55,6 +60,24 @@ class CommonBody:
         "Nucleus sampling: keep the most likely tokens whose mass reaches top_p.",
         default=1.0,
         explain="top_p must be in (0, 1], got {value}",
+    )
+    # vLLM's extra sampling parameters (openai clients send them in extra_body)
+    top_k: int = field(
+        Integer(minimum=-1, maximum=2**31 - 1),
+        "Keep only the k most likely tokens; 0 or -1: no cut (vLLM's parameter).",
+        default=0,
+    )
+    min_p: float = field(
+        Number(minimum=0, maximum=1),
+        "Keep only the tokens at least min_p times as likely as the most likely one "
+        "(vLLM's parameter).",
+        default=0.0,
+    )
+    repetition_penalty: float = field(
+        Number(minimum=0, maximum=MAX_REPETITION_PENALTY, exclusive_minimum=True),
+        "Divide the positive logits of the prompt's and output's tokens by this, multiply "
+        "the negative ones; 1: none (vLLM's parameter).",
+        default=1.0,
     )
     n: int = field(
         Integer(minimum=1, maximum=1),
@@ -198,8 +221,11 @@ def _parsed(body: CommonBody, kind: Kind, logprobs: int | None, **rest: Any) -> 
         stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
         want_logprobs=logprobs is not None,
         logprobs=logprobs or 0,
+        top_k=max(body.top_k, 0),
+        min_p=body.min_p,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
         logit_bias=body.logit_bias or (),
     )
     options = body.stream_options

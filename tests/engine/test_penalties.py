@@ -86,3 +86,21 @@ def test_the_step_carries_neither_stop_strings_nor_logit_bias() -> None:
     assert sched.sampler_extras(step) == {1: SamplerExtras((9,), ((3, 1.0),))}
     sched.abort(1)
     assert sched.sampler_extras(sched.schedule()) is None  # the usual step: no work
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits() -> None:
+    logits = torch.tensor([[2.0, -1.0, 3.0, 0.5, -2.0]])
+    params = [SamplingParams(repetition_penalty=2.0)]
+    extras = [SamplerExtras(outputs=(2, 2), prompt=(0, 1))]
+    out = adjust_logits(logits, params, extras)
+    torch.testing.assert_close(out, torch.tensor([[1.0, -2.0, 1.5, 0.5, -2.0]]))
+
+
+def test_min_p_keeps_only_tokens_near_the_most_likely() -> None:
+    # probabilities 0.5, 0.3, 0.15, 0.05: min_p 0.5 keeps 0.5 and 0.3 only
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    params = [SamplingParams(temperature=1.0, min_p=0.5, seed=s) for s in range(300)]
+    out = Sampler().sample(logits.expand(300, -1), params, [0] * 300)
+    assert set(out.token_ids) == {0, 1}
+    only_top = Sampler().sample(logits, [SamplingParams(min_p=1.0)], [0])
+    assert only_top.token_ids == [0]

@@ -67,7 +67,11 @@ def test_logit_bias_forces_and_bans_tokens(engine):
 
 def test_preemption_keeps_penalized_outputs_the_same(tiny_llama, engine):
     prompts = _prompts()
-    params = [PENALIZED, SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)] * 4
+    repeated = SamplingParams(
+        temperature=0.0, max_tokens=20, ignore_eos=True, repetition_penalty=1.8
+    )
+    plain = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    params = [PENALIZED, repeated, plain, PENALIZED, repeated, plain, repeated, plain]
     alone = [
         _generate(engine, p, sp, f"a{i}").token_ids
         for i, (p, sp) in enumerate(zip(prompts, params, strict=True))

@@ -215,6 +215,11 @@ def test_body_over_the_limit_is_413(server):
         (b'{"prompt": "hi", "logit_bias": {"1": 1, "01": 2}}', "logit_bias"),
         (b'{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias"),  # past the vocabulary
         (b'{"prompt": "hi", "logit_bias": [1, 2]}', "logit_bias"),
+        (b'{"prompt": "hi", "repetition_penalty": 0}', "repetition_penalty"),
+        (b'{"prompt": "hi", "repetition_penalty": 2.5}', "repetition_penalty"),
+        (b'{"prompt": "hi", "min_p": 1.5}', "min_p"),
+        (b'{"prompt": "hi", "top_k": -2}', "top_k"),
+        (b'{"prompt": "hi", "top_k": 99999999999999999999}', "top_k"),
     ],
 )
 def test_hostile_values_are_422_with_an_openai_body(server, raw, param):
@@ -282,6 +287,20 @@ def test_logit_bias_and_penalties_through_the_client(client, model):
         presence_penalty=2,
     )  # fmt: skip
     assert penalized.choices[0].text != plain.choices[0].text
+
+
+def test_vllms_sampling_extras_through_the_client(client, model):
+    # vLLM's clients send top_k, min_p and repetition_penalty in extra_body.
+    def text(**extra) -> str:
+        out = client.completions.create(model=model, prompt=PROMPT, max_tokens=12, **extra)
+        return out.choices[0].text
+
+    greedy = text(temperature=0)
+    # the one most likely token is all that either cut keeps: sampling is greedy
+    assert text(temperature=1.0, extra_body={"top_k": 1}) == greedy
+    assert text(temperature=1.0, extra_body={"min_p": 1.0}) == greedy
+    assert text(temperature=0, extra_body={"repetition_penalty": 2.0}) != greedy
+    assert text(temperature=0, extra_body={"top_k": -1, "repetition_penalty": 1}) == greedy
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,13 @@
-"""OpenAI's presence and frequency penalties and ``logit_bias``, applied to a batch's logits.
+"""OpenAI's presence and frequency penalties, ``logit_bias`` and vLLM's repetition penalty,
+applied to a batch's logits.
 
 For each row, before temperature, top-k and top-p (OpenAI's formula)::
 
     logit[j] += logit_bias[j] - frequency_penalty * c[j] - presence_penalty * (c[j] > 0)
 
 where ``c[j]`` counts token ``j`` among the tokens the sequence generated so far (not
-its prompt, as OpenAI and vLLM). The driver sends those tokens and the bias with each
+its prompt, as OpenAI and vLLM). As in vLLM, ``logit_bias`` comes first, then
+``repetition_penalty`` (over the prompt's and the output's tokens), then these. The driver sends those tokens and the bias with each
 step that needs them (``SamplerExtras``): a row's arithmetic depends on its own tokens
 only, so a preempted and recomputed sequence samples as it would have. Rows without
 either are untouched, and a batch with neither keeps its logits (no copy).
@@ -39,8 +41,19 @@ def adjust_logits(
             ids = torch.tensor([t for t, _ in e.logit_bias], device=device)
             bias = torch.tensor([b for _, b in e.logit_bias], dtype=out.dtype, device=device)
             out[i].index_add_(0, ids, bias)
-        if p.penalized and e.outputs:
+        if p.repetition_penalty != 1.0:
+            _repetition(out[i], e, p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and e.outputs:
             counts = torch.bincount(torch.tensor(e.outputs, device=device), minlength=vocab)
             counts = counts[:vocab].to(out.dtype)  # [V]
             out[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
     return out
+
+
+def _repetition(row: torch.Tensor, extras: SamplerExtras, penalty: float) -> None:
+    """vLLM's and Hugging Face's rule, in place on one row of logits ([V]): a token of
+    the prompt or the output has its logit divided by ``penalty`` when positive and
+    multiplied by it when not (so ``penalty`` > 1 makes it less likely either way)."""
+    seen = torch.tensor(extras.prompt + extras.outputs, dtype=torch.long, device=row.device)
+    values = row[seen]
+    row[seen] = torch.where(values > 0, values / penalty, values * penalty)

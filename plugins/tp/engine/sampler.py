@@ -1,11 +1,12 @@
 """Turn the last position's logits of each sequence into its next token.
 
 A row's ``logit_bias`` and penalties are applied first (penalties.py). Greedy rows
-take the argmax. Other rows divide by their temperature, keep the
-top-k tokens, then the smallest nucleus whose probability reaches top-p (always at
-least one token), and draw by inverse CDF: one uniform number per row, located in
-the cumulative sum of what is left, in vocabulary order. Both cuts are value
-thresholds (tokens tied at the threshold are all kept), so no sort order leaks in.
+take the argmax. Other rows divide by their temperature, drop the tokens less than
+``min_p`` times as likely as the top one, keep the top-k tokens, then the smallest
+nucleus whose probability reaches top-p (always at least one token), and draw by
+inverse CDF: one uniform number per row, located in the cumulative sum of what is
+left, in vocabulary order. Every cut is a value threshold (tokens tied at the
+threshold are all kept), so no sort order leaks in.
 
 Seeded rows take their uniform from a generator seeded with ``(seed, n)`` for the
 n-th output token, so a seeded request gives the same tokens whatever else is in
@@ -107,6 +108,8 @@ class Sampler:
         device = logits.device
         temps = torch.tensor([p.temperature for p in params], device=device)
         x = logits / temps.unsqueeze(1)  # x: [m, V]
+        if any(p.min_p > 0.0 for p in params):
+            x = _min_p(x, [p.min_p for p in params])
         top_ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
         if any(top_ks):
             x = _top_k(x, top_ks)
@@ -160,6 +163,15 @@ class Sampler:
             top = tuple(zip(top_ids[j][:k], top_vals[j][:k], strict=True))
             out[i] = TokenLogprobs(token_id=token_ids[i], logprob=chosen[j], top=top)
         return out
+
+
+def _min_p(x: torch.Tensor, min_ps: list[float]) -> torch.Tensor:
+    """Mask each row's tokens less than ``min_p`` times as likely as its most likely
+    one (0: no cut): p_j / p_max = exp(x_j - x_max), so the cut is a logit threshold."""
+    # x: [m, V] logits after temperature
+    ratio = torch.tensor(min_ps, dtype=x.dtype, device=x.device).unsqueeze(1)  # [m, 1]
+    threshold = x.max(dim=-1, keepdim=True).values + ratio.log()  # log(0) = -inf: no cut
+    return x.masked_fill(x < threshold, float("-inf"))
 
 
 def _top_k(x: torch.Tensor, top_ks: list[int]) -> torch.Tensor:

@@ -39,11 +39,12 @@ class TokenLogprobs:
 class SamplerExtras:
     """What rank 0's sampler needs for one sequence beyond its step's sampling record,
     sent beside the step (never to the other ranks): the tokens it generated so far
-    (for presence and frequency penalties; empty without them) and its
-    ``logit_bias``."""
+    (for penalties; empty without them), its ``logit_bias``, and its prompt's distinct
+    tokens (with a ``repetition_penalty``)."""
 
     outputs: tuple[int, ...] = ()
     logit_bias: tuple[tuple[int, float], ...] = ()
+    prompt: tuple[int, ...] = ()  # its distinct prompt tokens, for a repetition_penalty
 
 
 @attrs.define(eq=False)
@@ -75,6 +76,7 @@ class Sequence:
     num_preemptions: int = 0
     # what the steps carry (SamplingParams.step_view), made once
     step_sampling: SamplingParams = attrs.field(init=False)
+    _prompt_distinct: tuple[int, ...] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.step_sampling = self.sampling.step_view()
@@ -86,7 +88,11 @@ class Sequence:
     def sampler_extras(self) -> SamplerExtras:
         p = self.sampling
         outputs = tuple(self.output_token_ids) if p.penalized else ()
-        return SamplerExtras(outputs, p.logit_bias)
+        if p.repetition_penalty == 1.0:
+            return SamplerExtras(outputs, p.logit_bias)
+        if self._prompt_distinct is None:  # made once: the prompt never changes
+            self._prompt_distinct = tuple(sorted(set(self.prompt_token_ids)))
+        return SamplerExtras(outputs, p.logit_bias, self._prompt_distinct)
 
     @property
     def num_prompt_tokens(self) -> int:
