@@ -17,7 +17,9 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float) ->
 
 MAX_PENALTY = 2.0  # OpenAI's range for presence_penalty and frequency_penalty: [-2, 2]
 MAX_LOGIT_BIAS = 100.0  # and for a logit_bias value: [-100, 100]
-MAX_REPETITION_PENALTY = 2.0  # repetition_penalty in (0, 2] (1: none)
+# repetition_penalty in [0.01, 2] (1: none): dividing by less would turn a logit of a
+# few hundred into infinity, and a softmax over infinities is NaN
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 2.0
 
 
 def _penalty(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -61,7 +63,7 @@ class SamplingParams:
     ``presence_penalty`` and ``frequency_penalty`` (each in [-2, 2]) lower the logit
     of every token the sequence has generated so far, by the first once and by the
     second per occurrence (OpenAI's formula; the prompt does not count).
-    ``repetition_penalty`` (in (0, 2]; 1: none) divides the positive logits of every
+    ``repetition_penalty`` (in [0.01, 2]; 1: none) divides the positive logits of every
     token in the prompt or the output by itself and multiplies the negative ones (as
     vLLM and Hugging Face do). ``logit_bias`` adds ``bias`` (in [-100, 100]) to token
     ``token_id``'s logit, per ``(token_id, bias)`` pair. ``min_p`` (in [0, 1]) keeps
@@ -89,8 +91,8 @@ class SamplingParams:
 
     @repetition_penalty.validator
     def _check_repetition_penalty(self, attribute: attrs.Attribute, value: float) -> None:
-        if not 0.0 < value <= MAX_REPETITION_PENALTY:
-            raise ValueError(f"repetition_penalty must be in (0, 2], got {value!r}")
+        if not MIN_REPETITION_PENALTY <= value <= MAX_REPETITION_PENALTY:
+            raise ValueError(f"repetition_penalty must be in [0.01, 2], got {value!r}")
 
     @min_p.validator
     def _check_min_p(self, attribute: attrs.Attribute, value: float) -> None:
@@ -122,8 +124,9 @@ class SamplingParams:
 
     def step_view(self) -> SamplingParams:
         """These params as a step carries them to every rank: without the stop strings
-        (the driver checks them) and ``logit_bias`` (rank 0's sampler gets it beside the
-        step), whose size the client chooses: what every step sends stays small."""
-        if not self.stop and not self.logit_bias:
+        and stop token ids (the driver checks them) and ``logit_bias`` (rank 0's sampler
+        gets it beside the step), whose size the client chooses: what every step sends
+        stays small."""
+        if not self.stop and not self.stop_token_ids and not self.logit_bias:
             return self
-        return attrs.evolve(self, stop=(), logit_bias=())
+        return attrs.evolve(self, stop=(), stop_token_ids=(), logit_bias=())

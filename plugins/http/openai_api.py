@@ -15,6 +15,7 @@ from rt.core.sampling import (
     MAX_LOGIT_BIAS,
     MAX_PENALTY,
     MAX_REPETITION_PENALTY,
+    MIN_REPETITION_PENALTY,
     SamplingParams,
 )
 from rt.plugins.http import refused
@@ -26,6 +27,7 @@ from rt.plugins.http.token_map import TokenMap
 Kind = Literal["completion", "chat"]
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
+MAX_STOP_TOKEN_IDS = 256  # the scheduler checks each sampled token against them
 MAX_LOGIT_BIAS_TOKENS = 1024  # each costs the sampler a little, every step of the request
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # what OpenAI's legacy completions endpoint uses
 # Below this a temperature is greedy: logits divided by it overflow float32 to inf,
@@ -74,10 +76,17 @@ class CommonBody:
         default=0.0,
     )
     repetition_penalty: float = field(
-        Number(minimum=0, maximum=MAX_REPETITION_PENALTY, exclusive_minimum=True),
+        Number(minimum=MIN_REPETITION_PENALTY, maximum=MAX_REPETITION_PENALTY),
         "Divide the positive logits of the prompt's and output's tokens by this, multiply "
         "the negative ones; 1: none (vLLM's parameter).",
         default=1.0,
+    )
+    ignore_eos: bool = field(
+        Boolean(), "Generate past the end-of-sequence token (vLLM's parameter).", default=False
+    )
+    stop_token_ids: list[int] | None = field(
+        Array(Integer(minimum=0), max_items=MAX_STOP_TOKEN_IDS),
+        "Token ids that end the text like EOS (vLLM's parameter).",
     )
     n: int = field(
         Integer(minimum=1, maximum=1),
@@ -222,6 +231,8 @@ def _parsed(body: CommonBody, kind: Kind, logprobs: int | None, **rest: Any) -> 
         want_logprobs=logprobs is not None,
         logprobs=logprobs or 0,
         top_k=max(body.top_k, 0),
+        ignore_eos=body.ignore_eos,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
         min_p=body.min_p,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,

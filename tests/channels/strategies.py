@@ -23,7 +23,7 @@ sampling_params = st.builds(
     logprobs=st.integers(0, 20),
     presence_penalty=st.floats(-2, 2),
     frequency_penalty=st.floats(-2, 2),
-    repetition_penalty=st.floats(0, 2, exclude_min=True),
+    repetition_penalty=st.floats(0.01, 2),
     min_p=st.floats(0, 1),
     logit_bias=st.dictionaries(INT32, st.floats(-100, 100), max_size=3).map(
         lambda d: tuple(d.items())

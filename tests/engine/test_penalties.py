@@ -104,3 +104,14 @@ def test_min_p_keeps_only_tokens_near_the_most_likely() -> None:
     assert set(out.token_ids) == {0, 1}
     only_top = Sampler().sample(logits, [SamplingParams(min_p=1.0)], [0])
     assert only_top.token_ids == [0]
+
+
+def test_a_row_whose_logits_overflow_samples_its_top_token_not_past_the_vocabulary() -> None:
+    # An infinite logit (a model's overflow, an extreme penalty) makes the softmax NaN;
+    # the row must still get a token inside the vocabulary, and the others theirs.
+    logits = _logits(3)
+    logits[1, 5] = float("inf")
+    params = [SamplingParams(temperature=1.0, seed=i) for i in range(3)]
+    out = Sampler().sample(logits, params, [0] * 3)
+    assert out.token_ids[1] == 5
+    assert all(0 <= t < VOCAB for t in out.token_ids)

@@ -216,9 +216,12 @@ def test_body_over_the_limit_is_413(server):
         (b'{"prompt": "hi", "logit_bias": {"99999": 1}}', "logit_bias"),  # past the vocabulary
         (b'{"prompt": "hi", "logit_bias": [1, 2]}', "logit_bias"),
         (b'{"prompt": "hi", "repetition_penalty": 0}', "repetition_penalty"),
+        (b'{"prompt": "hi", "repetition_penalty": 5e-324}', "repetition_penalty"),
         (b'{"prompt": "hi", "repetition_penalty": 2.5}', "repetition_penalty"),
         (b'{"prompt": "hi", "min_p": 1.5}', "min_p"),
         (b'{"prompt": "hi", "top_k": -2}', "top_k"),
+        (b'{"prompt": "hi", "stop_token_ids": [' + b"1," * 256 + b"1]}", "stop_token_ids"),
+        (b'{"prompt": "hi", "ignore_eos": 1}', "ignore_eos"),
         (b'{"prompt": "hi", "top_k": 99999999999999999999}', "top_k"),
     ],
 )
@@ -301,6 +304,18 @@ def test_vllms_sampling_extras_through_the_client(client, model):
     assert text(temperature=1.0, extra_body={"min_p": 1.0}) == greedy
     assert text(temperature=0, extra_body={"repetition_penalty": 2.0}) != greedy
     assert text(temperature=0, extra_body={"top_k": -1, "repetition_penalty": 1}) == greedy
+
+
+def test_ignore_eos_and_stop_token_ids(client, model):
+    long = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=40, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert long.usage.completion_tokens == 40 and long.choices[0].finish_reason == "length"
+    stopped = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=40, temperature=0, logit_bias={"7": 100},
+        extra_body={"stop_token_ids": [7]},
+    )  # fmt: skip
+    assert stopped.usage.completion_tokens == 1 and stopped.choices[0].finish_reason == "stop"
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,14 @@ class Sampler:
         # first cdf entry above the target always belongs to a kept token.
         below = torch.nextafter(total, torch.zeros_like(total))
         target = torch.minimum(u.unsqueeze(1) * total, below)  # [m, 1]
-        return torch.searchsorted(cdf, target, right=True).squeeze(1)  # [m]
+        tokens = torch.searchsorted(cdf, target, right=True).squeeze(1)  # [m]
+        # A row whose logits overflowed to infinity has a NaN distribution, and
+        # searchsorted would answer V, past the vocabulary, failing the whole step:
+        # such a row takes its most likely token instead.
+        broken = ~torch.isfinite(total.squeeze(1))
+        if bool(broken.any()):
+            tokens = torch.where(broken, x.argmax(dim=-1), tokens)
+        return tokens
 
     def _uniforms(
         self, params: SequenceABC[SamplingParams], num_generated: SequenceABC[int]
