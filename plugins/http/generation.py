@@ -43,7 +43,10 @@ async def _prompt_ids(engine: Any, parsed: oa.ParsedRequest) -> list[int]:
 
 async def _submit(
     state: ServerState, parsed: oa.ParsedRequest, scope: dict[str, Any]
-) -> RequestStream:
+) -> tuple[str, list[RequestStream]]:
+    """Submit the request's ``n`` choices, each a sequence of its own; the response id
+    and their streams. The request counts against the server's limit until the engine
+    is done with every choice."""
     engine = state.engine()
     state.check_model(engine, parsed.model)
     ids = await _prompt_ids(engine, parsed)
@@ -52,31 +55,44 @@ async def _submit(
         sampling = attrs.evolve(parsed.sampling, max_tokens=max_tokens)
     except (TypeError, ValueError) as e:
         raise ApiError(422, str(e)) from None
-    request_id = rs.new_id(parsed.kind)
-    stream = RequestStream(
-        engine,
-        request_id,
-        asyncio.get_running_loop(),
-        state.metrics.ttft.observe,
-        on_engine_done=lambda: state.release(scope),
-    )
-    request = GenerationRequest(request_id, prompt_token_ids=tuple(ids), sampling=sampling)
+    response_id = rs.new_id(parsed.kind)
+    left = [parsed.n]
+
+    def engine_done() -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            state.release(scope)
+
+    streams: list[RequestStream] = []
+    loop = asyncio.get_running_loop()
     try:
-        engine.submit(request, stream.callback)
-    except RequestError as e:
+        for i in range(parsed.n):
+            rid = response_id if parsed.n == 1 else f"{response_id}-{i}"
+            ttft = state.metrics.ttft.observe if i == 0 else None
+            stream = RequestStream(engine, rid, loop, ttft, on_engine_done=engine_done)
+            choice = oa.choice_sampling(sampling, i)
+            request = GenerationRequest(rid, prompt_token_ids=tuple(ids), sampling=choice)
+            engine.submit(request, stream.callback)
+            state.inflight[rid] = stream
+            streams.append(stream)
+    except (RequestError, EngineDead) as e:
+        for stream in streams:
+            _end(state, stream, None)
+        if isinstance(e, EngineDead):
+            raise ApiError(503, str(e), code="engine_dead") from None
         raise ApiError(422, str(e), param=e.param) from None
-    except EngineDead as e:
-        raise ApiError(503, str(e), code="engine_dead") from None
-    state.inflight[request_id] = stream
-    return stream
+    return response_id, streams
 
 
-def _end(state: ServerState, stream: RequestStream, last: GenerationOutput | None) -> None:
+def _end(
+    state: ServerState, stream: RequestStream, last: GenerationOutput | None, first: bool = True
+) -> None:
+    """``first``: the request's first choice, which counts its prompt tokens."""
     state.inflight.pop(stream.request_id, None)
     if not stream.finished:
         stream.abort()
         last = None
-    state.record_finish(stream, last)
+    state.record_finish(stream, last, prompt=first)
 
 
 def _failure(out: GenerationOutput) -> ApiError | None:
@@ -97,73 +113,112 @@ async def _collect(stream: RequestStream) -> GenerationOutput:
 
 
 async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest) -> Response:
-    stream = await _submit(state, parsed, request.scope)
-    model = stream.engine.model_name
+    response_id, streams = await _submit(state, parsed, request.scope)
+    model = streams[0].engine.model_name
     if parsed.stream:
-        return _EngineStream(_sse(state, stream, parsed, model), stream, state)
-    collect = asyncio.ensure_future(_collect(stream))
+        return _EngineStream(_sse(state, response_id, streams, parsed, model), streams, state)
+    collect = asyncio.ensure_future(asyncio.gather(*map(_collect, streams)))
     gone = asyncio.ensure_future(_wait_disconnect(request))
-    last: GenerationOutput | None = None
+    outs: list[GenerationOutput] | None = None
     try:
         await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not collect.done():
             return Response(status_code=499)  # nobody reads it: the client went away
-        last = collect.result()
+        outs = collect.result()
     finally:
         for task in (collect, gone):
             task.cancel()
-        _end(state, stream, last)
-    failure = _failure(last)
-    if failure is not None:
-        raise failure
-    return JSONResponse(rs.full_response(parsed, stream.request_id, model, last))
+        for i, stream in enumerate(streams):
+            _end(state, stream, outs[i] if outs is not None else None, first=i == 0)
+    for out in outs:
+        failure = _failure(out)
+        if failure is not None:
+            raise failure
+    return JSONResponse(rs.full_response(parsed, response_id, model, outs))
 
 
 def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+async def _merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, GenerationOutput]]:
+    """Every choice's outputs as they come, tagged with the choice's index."""
+    if len(streams) == 1:
+        async for out in streams[0].outputs():
+            yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, GenerationOutput]] = asyncio.Queue()
+
+    async def pump(i: int, stream: RequestStream) -> None:
+        async for out in stream.outputs():
+            await queue.put((i, out))
+
+    pumps = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        for _ in range(len(streams)):  # until every choice has sent its last output
+            while True:
+                i, out = await queue.get()
+                yield i, out
+                if out.finished:
+                    break
+    finally:
+        for task in pumps:
+            task.cancel()
+
+
 async def _sse(
-    state: ServerState, stream: RequestStream, parsed: oa.ParsedRequest, model: str
+    state: ServerState,
+    response_id: str,
+    streams: list[RequestStream],
+    parsed: oa.ParsedRequest,
+    model: str,
 ) -> AsyncIterator[str]:
-    rid = stream.request_id
-    offset = 0
-    last: GenerationOutput | None = None
+    offsets = [0] * len(streams)
+    lasts: list[GenerationOutput | None] = [None] * len(streams)
+    merged = _merged(streams)
     try:
         if parsed.kind == "chat":
-            yield _event(rs.chunk(parsed, rid, model, None, first=True))
-        async for out in stream.outputs():
-            last = out
+            for i in range(len(streams)):
+                yield _event(rs.chunk(parsed, response_id, model, None, first=True, index=i))
+        async for i, out in merged:
+            lasts[i] = out
             failure = _failure(out)
             if failure is not None:
                 yield _event(error_body(failure.status, failure.message, code=failure.code))
                 break
             if out.text or out.logprobs or out.finished:
-                yield _event(rs.chunk(parsed, rid, model, out, text_offset=offset))
-                offset += len(out.text)
-            if out.finished and parsed.include_usage:
-                yield _event(rs.usage_chunk(parsed, rid, model, out))
+                chunk = rs.chunk(parsed, response_id, model, out, text_offset=offsets[i], index=i)
+                yield _event(chunk)
+                offsets[i] += len(out.text)
+        else:
+            if parsed.include_usage:
+                yield _event(rs.usage_chunk(parsed, response_id, model, lasts))
         yield "data: [DONE]\n\n"
     finally:
-        _end(state, stream, last)
+        await merged.aclose()  # its tasks end now, not when it is collected
+        for i, stream in enumerate(streams):
+            _end(state, stream, lasts[i], first=i == 0)
 
 
 class _EngineStream(StreamingResponse):
     """A streaming response that aborts its engine request however it ends, also
     when the client left before the first chunk (the generator never started)."""
 
-    def __init__(self, content: AsyncIterator[str], stream: RequestStream, state: ServerState):
+    def __init__(
+        self, content: AsyncIterator[str], streams: list[RequestStream], state: ServerState
+    ):
         super().__init__(
             content,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        self._stream = stream
+        self._streams = streams
         self._state = state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if not self._stream.finished:
-                _end(self._state, self._stream, None)
+            for i, stream in enumerate(self._streams):
+                if not stream.finished:
+                    _end(self._state, stream, None, first=i == 0)

@@ -27,6 +27,7 @@ from rt.plugins.http.token_map import TokenMap
 Kind = Literal["completion", "chat"]
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
+MAX_CHOICES = 16  # n: each choice is a sequence the engine decodes
 MAX_STOP_TOKEN_IDS = 256  # the scheduler checks each sampled token against them
 MAX_LOGIT_BIAS_TOKENS = 1024  # each costs the sampler a little, every step of the request
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # what OpenAI's legacy completions endpoint uses
@@ -89,10 +90,11 @@ class CommonBody:
         "Token ids that end the text like EOS (vLLM's parameter).",
     )
     n: int = field(
-        Integer(minimum=1, maximum=1),
-        "How many choices to generate: rt generates one.",
+        Integer(minimum=1, maximum=MAX_CHOICES),
+        f"How many choices to generate for the prompt (at most {MAX_CHOICES}), each a "
+        "sequence of its own.",
         default=1,
-        explain="only n=1 is supported, got n={value}",
+        explain=f"n must be in [1, {MAX_CHOICES}], got n={{value}}",
     )
     seed: int | None = field(
         Integer(minimum=-(2**63), maximum=2**63 - 1),
@@ -218,6 +220,16 @@ class ParsedRequest:
     messages: tuple[dict, ...] = ()
     logprobs: int | None = None  # None: not asked for; else how many alternatives
     max_tokens_param: str = "max_tokens"  # the field that set max_tokens, for errors
+    n: int = 1  # choices
+
+
+def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
+    """Choice ``index``'s params: a seeded request's choices take seeds ``seed + index``
+    (wrapped to int64), so they differ from each other and are reproducible."""
+    if index == 0 or sampling.seed is None:
+        return sampling
+    seed = (sampling.seed + index + 2**63) % 2**64 - 2**63
+    return attrs.evolve(sampling, seed=seed)
 
 
 def _parsed(body: CommonBody, kind: Kind, logprobs: int | None, **rest: Any) -> ParsedRequest:
@@ -248,6 +260,7 @@ def _parsed(body: CommonBody, kind: Kind, logprobs: int | None, **rest: Any) -> 
         max_tokens=body.max_tokens,
         sampling=sampling,
         logprobs=logprobs,
+        n=body.n,
         **rest,
     )
 

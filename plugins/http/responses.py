@@ -67,15 +67,17 @@ def chunk(
     *,
     text_offset: int = 0,
     first: bool = False,
+    index: int = 0,
 ) -> dict[str, Any]:
-    """One streamed chunk. ``out`` None with ``first`` is chat's role-only chunk."""
+    """One streamed chunk of choice ``index``. ``out`` None with ``first`` is chat's
+    role-only chunk."""
     created = int(time.time())
     reason = finish_reason(out.finish_reason) if out is not None else None
     text = out.text if out is not None else ""
     lps = out.logprobs if out is not None else ()
     if parsed.kind == "completion":
         choice = {
-            "index": 0,
+            "index": index,
             "text": text,
             "logprobs": completion_logprobs(lps, text_offset)
             if parsed.logprobs is not None
@@ -88,7 +90,7 @@ def chunk(
         if text:
             delta["content"] = text
         choice = {
-            "index": 0,
+            "index": index,
             "delta": delta,
             "logprobs": chat_logprobs(lps) if parsed.logprobs is not None and lps else None,
             "finish_reason": reason,
@@ -103,7 +105,15 @@ def chunk(
     }
 
 
-def usage_chunk(parsed: ParsedRequest, request_id: str, model: str, out: GenerationOutput) -> dict:
+def _usage(outs: Sequence[GenerationOutput | None]) -> dict[str, int]:
+    """The prompt once, the completion tokens of every choice."""
+    done = [o for o in outs if o is not None]
+    return usage(done[0].prompt_tokens if done else 0, sum(o.completion_tokens for o in done))
+
+
+def usage_chunk(
+    parsed: ParsedRequest, request_id: str, model: str, outs: Sequence[GenerationOutput | None]
+) -> dict:
     obj = "text_completion" if parsed.kind == "completion" else "chat.completion.chunk"
     return {
         "id": request_id,
@@ -111,38 +121,32 @@ def usage_chunk(parsed: ParsedRequest, request_id: str, model: str, out: Generat
         "created": int(time.time()),
         "model": model,
         "choices": [],
-        "usage": usage(out.prompt_tokens, out.completion_tokens),
+        "usage": _usage(outs),
+    }
+
+
+def _choice(parsed: ParsedRequest, index: int, out: GenerationOutput) -> dict[str, Any]:
+    reason = finish_reason(out.finish_reason)
+    if parsed.kind == "completion":
+        logprobs = completion_logprobs(out.logprobs, 0) if parsed.logprobs is not None else None
+        return {"index": index, "text": out.text, "logprobs": logprobs, "finish_reason": reason}
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": out.text},
+        "logprobs": chat_logprobs(out.logprobs) if parsed.logprobs is not None else None,
+        "finish_reason": reason,
     }
 
 
 def full_response(
-    parsed: ParsedRequest, request_id: str, model: str, out: GenerationOutput
+    parsed: ParsedRequest, request_id: str, model: str, outs: Sequence[GenerationOutput]
 ) -> dict[str, Any]:
-    """The non-streamed body, from the merged output of the whole request."""
-    reason = finish_reason(out.finish_reason)
-    if parsed.kind == "completion":
-        choice: dict[str, Any] = {
-            "index": 0,
-            "text": out.text,
-            "logprobs": completion_logprobs(out.logprobs, 0)
-            if parsed.logprobs is not None
-            else None,
-            "finish_reason": reason,
-        }
-        obj = "text_completion"
-    else:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": out.text},
-            "logprobs": chat_logprobs(out.logprobs) if parsed.logprobs is not None else None,
-            "finish_reason": reason,
-        }
-        obj = "chat.completion"
+    """The non-streamed body, from each choice's merged output."""
     return {
         "id": request_id,
-        "object": obj,
+        "object": "text_completion" if parsed.kind == "completion" else "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice],
-        "usage": usage(out.prompt_tokens, out.completion_tokens),
+        "choices": [_choice(parsed, i, out) for i, out in enumerate(outs)],
+        "usage": _usage(outs),
     }

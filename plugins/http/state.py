@@ -179,7 +179,11 @@ class ServerState:
             code="model_not_found",
         )
 
-    def record_finish(self, stream: RequestStream, output: GenerationOutput | None) -> None:
+    def record_finish(
+        self, stream: RequestStream, output: GenerationOutput | None, prompt: bool = True
+    ) -> None:
+        """Count one choice's end; ``prompt``: count its prompt's tokens too (a request's
+        first choice: its other choices share the prompt)."""
         m = self.metrics
         reason = output.finish_reason if output is not None else "abort"
         m.finished.labels(reason or "abort").inc()
@@ -187,5 +191,6 @@ class ServerState:
             return
         now = time.perf_counter()
         m.e2e.observe(now - stream.arrival)
-        m.prompt_tokens.inc(output.prompt_tokens)
+        if prompt:
+            m.prompt_tokens.inc(output.prompt_tokens)
         m.completion_tokens.inc(output.completion_tokens)

@@ -137,10 +137,10 @@ def test_logprobs_in_openai_shapes(client, model):
         ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
         ({"prompt": "hi", "temperature": -0.5}, "temperature"),
         ({"prompt": "hi", "top_p": 0}, "top_p"),
-        ({"prompt": "hi", "n": 2}, "n"),
+        ({"prompt": "hi", "n": 17}, "n"),
         ({"prompt": {"not": "a prompt"}}, "prompt"),
     ],
-    ids=["negative-max-tokens", "negative-temperature", "top-p-zero", "n-2", "bad"],
+    ids=["negative-max-tokens", "negative-temperature", "top-p-zero", "n-17", "bad"],
 )
 def test_out_of_range_values_are_422(server, body, param):
     error = assert_error_body(httpx.post(server + "/v1/completions", json=body), 422)
@@ -399,3 +399,48 @@ def test_json_python_cannot_read_is_400_not_500(server, body):
         server + "/v1/completions", content=body, headers={"content-type": "application/json"}
     )
     assert "not valid JSON" in assert_error_body(r, 400)["message"]
+
+
+# -- several choices (n) -------------------------------------------------------------
+
+
+def test_n_choices_each_generated_and_counted(client, model):
+    greedy = client.completions.create(model=model, prompt=PROMPT, max_tokens=10, temperature=0)
+    out = client.completions.create(model=model, prompt=PROMPT, max_tokens=10, temperature=0, n=3)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert [c.text for c in out.choices] == [greedy.choices[0].text] * 3
+    assert out.usage.prompt_tokens == greedy.usage.prompt_tokens
+    assert out.usage.completion_tokens == 3 * greedy.usage.completion_tokens
+
+    def seeded() -> list[str]:
+        out = client.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=12, temperature=1.0, seed=7, n=4
+        )
+        return [c.message.content for c in out.choices]
+
+    first = seeded()
+    assert seeded() == first, "a seeded request's choices are reproducible"
+    assert len(set(first)) > 1, "and differ from each other (seed + index)"
+
+
+def test_n_choices_stream_with_their_index(client, model):
+    full = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=12, temperature=1.0, seed=3, n=2
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=12, temperature=1.0, seed=3, n=2,
+            stream=True, stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    texts = ["", ""]
+    roles, reasons = [0, 0], [None, None]
+    for chunk in chunks[:-1]:
+        (choice,) = chunk.choices
+        texts[choice.index] += choice.delta.content or ""
+        roles[choice.index] += choice.delta.role == "assistant"
+        reasons[choice.index] = choice.finish_reason or reasons[choice.index]
+    assert texts == [c.message.content for c in full.choices]
+    assert roles == [1, 1] and None not in reasons
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens

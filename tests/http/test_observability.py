@@ -103,6 +103,30 @@ def test_client_disconnecting_mid_stream_frees_its_sequence(server):
     ), "the request must have been cut short, not run to max_tokens"
 
 
+def test_a_client_leaving_a_stream_of_several_choices_frees_them_all(server):
+    prompt = _long_prompt(server, 200)
+    before = scrape(server)
+    aborted = value(before, "rt_requests_finished_total", finish_reason="abort")
+    body = {"prompt": prompt, "max_tokens": 200, "temperature": 0.9, "stream": True, "n": 3}
+    with httpx.Client(timeout=30) as c:
+        with c.stream("POST", server + "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            for i, _ in enumerate(r.iter_lines()):
+                if i == 6:
+                    break
+    deadline = time.monotonic() + 10
+    while True:
+        now = scrape(server)
+        if (
+            value(now, "rt_requests_finished_total", finish_reason="abort") == aborted + 3
+            and value(now, "rt_num_requests_running") == 0
+            and value(now, "rt_requests_admitted") == 0
+        ):
+            break
+        assert time.monotonic() < deadline, f"not freed: {now}"
+        time.sleep(0.05)
+
+
 def test_startup_json_and_html_show_every_stage(server):
     data = httpx.get(server + "/startup").json()
     names = {s["stage"] for s in data["spans"]}
