@@ -68,7 +68,9 @@ class SamplingParams:
     vLLM and Hugging Face do). ``logit_bias`` adds ``bias`` (in [-100, 100]) to token
     ``token_id``'s logit, per ``(token_id, bias)`` pair. ``min_p`` (in [0, 1]) keeps
     only the tokens at least ``min_p`` times as likely as the most likely one, after
-    temperature. None of these changes the reported logprobs.
+    temperature. None of these changes the reported logprobs. Until ``min_tokens``
+    tokens are out, EOS (unless ``ignore_eos``) and ``stop_token_ids`` cannot be
+    sampled (vLLM's rule; stop strings still apply).
     """
 
     temperature: float = attrs.field(default=1.0, validator=_non_negative)
@@ -88,6 +90,7 @@ class SamplingParams:
     )
     repetition_penalty: float = attrs.field(default=1.0)
     min_p: float = attrs.field(default=0.0)
+    min_tokens: int = attrs.field(default=0, validator=_non_negative)
 
     @repetition_penalty.validator
     def _check_repetition_penalty(self, attribute: attrs.Attribute, value: float) -> None:

@@ -55,6 +55,13 @@ async def _submit(
         sampling = attrs.evolve(parsed.sampling, max_tokens=max_tokens)
     except (TypeError, ValueError) as e:
         raise ApiError(422, str(e)) from None
+    if sampling.min_tokens > max_tokens:
+        raise ApiError(
+            422,
+            f"min_tokens ({sampling.min_tokens}) is more than the {max_tokens} tokens this "
+            "request may generate",
+            param="min_tokens",
+        )
     response_id = rs.new_id(parsed.kind)
     left = [parsed.n]
 

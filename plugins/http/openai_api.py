@@ -82,6 +82,12 @@ class CommonBody:
         "the negative ones; 1: none (vLLM's parameter).",
         default=1.0,
     )
+    min_tokens: int = field(
+        Integer(minimum=0),
+        "Generate at least this many tokens before EOS or stop_token_ids may end the text "
+        "(vLLM's parameter); at most max_tokens.",
+        default=0,
+    )
     ignore_eos: bool = field(
         Boolean(), "Generate past the end-of-sequence token (vLLM's parameter).", default=False
     )
@@ -244,6 +250,7 @@ def _parsed(body: CommonBody, kind: Kind, logprobs: int | None, **rest: Any) -> 
         logprobs=logprobs or 0,
         top_k=max(body.top_k, 0),
         ignore_eos=body.ignore_eos,
+        min_tokens=body.min_tokens,
         stop_token_ids=tuple(body.stop_token_ids or ()),
         min_p=body.min_p,
         presence_penalty=body.presence_penalty,

@@ -115,3 +115,22 @@ def test_a_row_whose_logits_overflow_samples_its_top_token_not_past_the_vocabula
     out = Sampler().sample(logits, params, [0] * 3)
     assert out.token_ids[1] == 5
     assert all(0 <= t < VOCAB for t in out.token_ids)
+
+
+def test_min_tokens_bans_eos_and_stop_ids_until_reached() -> None:
+    sched = Scheduler(BlockManager(8, 16), 4, 64, 64, eos_token_ids=[2])
+    params = SamplingParams(temperature=0.0, max_tokens=8, min_tokens=2, stop_token_ids=(5,))
+    seq = Sequence(0, [1, 3], params)
+    sched.add(seq)
+    step = sched.schedule()
+    assert sched.sampler_extras(step) == {0: SamplerExtras(banned=(2, 5))}
+    logits = torch.zeros(1, 8)
+    logits[0, 2] = 10.0  # EOS is the model's choice
+    out = Sampler().sample(logits, [params], [0], [SamplerExtras(banned=(2, 5))])
+    assert out.token_ids != [2]
+    assert not sched.postprocess(step, [2]).finished, "EOS before min_tokens does not end it"
+    step = sched.schedule()
+    sched.postprocess(step, [4])
+    step = sched.schedule()
+    assert sched.sampler_extras(step) is None, "reached: nothing is banned any more"
+    assert sched.postprocess(step, [5]).finished

@@ -306,7 +306,7 @@ def test_vllms_sampling_extras_through_the_client(client, model):
     assert text(temperature=0, extra_body={"top_k": -1, "repetition_penalty": 1}) == greedy
 
 
-def test_ignore_eos_and_stop_token_ids(client, model):
+def test_ignore_eos_stop_token_ids_and_min_tokens(client, model, server):
     long = client.completions.create(
         model=model, prompt=PROMPT, max_tokens=40, temperature=0, extra_body={"ignore_eos": True}
     )
@@ -316,6 +316,15 @@ def test_ignore_eos_and_stop_token_ids(client, model):
         extra_body={"stop_token_ids": [7]},
     )  # fmt: skip
     assert stopped.usage.completion_tokens == 1 and stopped.choices[0].finish_reason == "stop"
+    held = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=40, temperature=0, logit_bias={"7": 100},
+        extra_body={"stop_token_ids": [7], "min_tokens": 5},
+    )  # fmt: skip
+    # token 7 cannot come before the sixth token, and ends the text as soon as it may
+    assert held.usage.completion_tokens == 6 and held.choices[0].finish_reason == "stop"
+    body = {"prompt": PROMPT, "max_tokens": 4, "min_tokens": 5}
+    error = assert_error_body(httpx.post(server + "/v1/completions", json=body), 422)
+    assert error["param"] == "min_tokens"
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,9 @@ def adjust_logits(
             ids = torch.tensor([t for t, _ in e.logit_bias], device=device)
             bias = torch.tensor([b for _, b in e.logit_bias], dtype=out.dtype, device=device)
             out[i].index_add_(0, ids, bias)
+        banned = [t for t in e.banned if t < vocab]  # a stop token id may lie past it
+        if banned:  # before min_tokens: whatever would end the sequence
+            out[i, torch.tensor(banned, dtype=torch.long, device=device)] = float("-inf")
         if p.repetition_penalty != 1.0:
             _repetition(out[i], e, p.repetition_penalty)
         if (p.presence_penalty or p.frequency_penalty) and e.outputs:

@@ -61,6 +61,9 @@ class StepOutcome:
     finished: list[Sequence]
 
 
+_NO_EXTRAS = SamplerExtras()
+
+
 class Scheduler:
     """Decides what each engine step computes, and applies what it sampled.
 
@@ -183,11 +186,12 @@ class Scheduler:
         its sequences that sample, by id; None when none needs anything (the usual step)."""
         if not self._with_extras:
             return None
-        extras = {
-            seq_id: self._live[seq_id].sampler_extras()
-            for seq_id, flag in zip(step.seq_ids, step.sample, strict=True)
-            if flag and seq_id in self._with_extras
-        }
+        extras = {}
+        for seq_id, flag in zip(step.seq_ids, step.sample, strict=True):
+            if flag and seq_id in self._with_extras:
+                e = self._live[seq_id].sampler_extras(self.eos_token_ids)
+                if e != _NO_EXTRAS:  # (min_tokens reached and nothing else)
+                    extras[seq_id] = e
         return extras or None
 
     def postprocess(
@@ -307,10 +311,11 @@ class Scheduler:
 
     def _stop_reason(self, seq: Sequence) -> FinishReason | None:
         params, token = seq.sampling, seq.output_token_ids[-1]
-        if not params.ignore_eos and token in self.eos_token_ids:
-            return "stop"
-        if token in params.stop_token_ids:
-            return "stop"
+        if seq.num_generated > params.min_tokens:  # (before it the sampler bans them)
+            if not params.ignore_eos and token in self.eos_token_ids:
+                return "stop"
+            if token in params.stop_token_ids:
+                return "stop"
         if seq.num_generated >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None

@@ -39,12 +39,14 @@ class TokenLogprobs:
 class SamplerExtras:
     """What rank 0's sampler needs for one sequence beyond its step's sampling record,
     sent beside the step (never to the other ranks): the tokens it generated so far
-    (for penalties; empty without them), its ``logit_bias``, and its prompt's distinct
-    tokens (with a ``repetition_penalty``)."""
+    (for penalties; empty without them), its ``logit_bias``, its prompt's distinct
+    tokens (with a ``repetition_penalty``), and the tokens that would end it before
+    ``min_tokens``."""
 
     outputs: tuple[int, ...] = ()
     logit_bias: tuple[tuple[int, float], ...] = ()
     prompt: tuple[int, ...] = ()  # its distinct prompt tokens, for a repetition_penalty
+    banned: tuple[int, ...] = ()  # tokens it may not sample yet (min_tokens)
 
 
 @attrs.define(eq=False)
@@ -83,16 +85,22 @@ class Sequence:
 
     @property
     def has_sampler_extras(self) -> bool:
-        return bool(self.sampling.logit_bias) or self.sampling.penalized
+        p = self.sampling
+        return bool(p.logit_bias) or p.penalized or p.min_tokens > 0
 
-    def sampler_extras(self) -> SamplerExtras:
+    def sampler_extras(self, eos_token_ids: frozenset[int] = frozenset()) -> SamplerExtras:
         p = self.sampling
         outputs = tuple(self.output_token_ids) if p.penalized else ()
-        if p.repetition_penalty == 1.0:
-            return SamplerExtras(outputs, p.logit_bias)
-        if self._prompt_distinct is None:  # made once: the prompt never changes
-            self._prompt_distinct = tuple(sorted(set(self.prompt_token_ids)))
-        return SamplerExtras(outputs, p.logit_bias, self._prompt_distinct)
+        banned: tuple[int, ...] = ()
+        if self.num_generated < p.min_tokens:
+            eos = () if p.ignore_eos else tuple(eos_token_ids)
+            banned = eos + p.stop_token_ids
+        prompt = ()
+        if p.repetition_penalty != 1.0:
+            if self._prompt_distinct is None:  # made once: the prompt never changes
+                self._prompt_distinct = tuple(sorted(set(self.prompt_token_ids)))
+            prompt = self._prompt_distinct
+        return SamplerExtras(outputs, p.logit_bias, prompt, banned)
 
     @property
     def num_prompt_tokens(self) -> int:
