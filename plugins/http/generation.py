@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import attrs
@@ -83,8 +83,7 @@ async def _submit(
             state.inflight[rid] = stream
             streams.append(stream)
     except (RequestError, EngineDead) as e:
-        for stream in streams:
-            _end(state, stream, None)
+        _end_all(state, streams)
         if isinstance(e, EngineDead):
             raise ApiError(503, str(e), code="engine_dead") from None
         raise ApiError(422, str(e), param=e.param) from None
@@ -100,6 +99,17 @@ def _end(
         stream.abort()
         last = None
     state.record_finish(stream, last, prompt=first)
+
+
+def _end_all(
+    state: ServerState,
+    streams: list[RequestStream],
+    lasts: Sequence[GenerationOutput | None] | None = None,
+) -> None:
+    """:func:`_end` every choice, ``lasts[i]`` its last output; the first counts the
+    prompt's tokens."""
+    for i, stream in enumerate(streams):
+        _end(state, stream, lasts[i] if lasts is not None else None, first=i == 0)
 
 
 def _failure(out: GenerationOutput) -> ApiError | None:
@@ -135,8 +145,7 @@ async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest
     finally:
         for task in (collect, gone):
             task.cancel()
-        for i, stream in enumerate(streams):
-            _end(state, stream, outs[i] if outs is not None else None, first=i == 0)
+        _end_all(state, streams, outs)
     for out in outs:
         failure = _failure(out)
         if failure is not None:
@@ -203,8 +212,7 @@ async def _sse(
         yield "data: [DONE]\n\n"
     finally:
         await merged.aclose()  # its tasks end now, not when it is collected
-        for i, stream in enumerate(streams):
-            _end(state, stream, lasts[i], first=i == 0)
+        _end_all(state, streams, lasts)
 
 
 class _EngineStream(StreamingResponse):
@@ -226,6 +234,4 @@ class _EngineStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            for i, stream in enumerate(self._streams):
-                if not stream.finished:
-                    _end(self._state, stream, None, first=i == 0)
+            _end_all(self._state, [s for s in self._streams if not s.finished])

@@ -65,7 +65,7 @@ class StepExecutor(Protocol):
         """Run ``step`` on every rank; the sampled token ids and their logprobs, one per
         sequence that samples this step, in step order. ``extras``: what rank 0's
         sampler needs for some of those sequences beyond the step (penalties,
-        ``logit_bias``), by sequence id; the other ranks never see it."""
+        ``logit_bias``, ``min_tokens``), by sequence id; the other ranks never see it."""
 
     def drain_events(self) -> list[dict]:
         """Timeline spans (``Span.to_dict()``) rank 0 recorded since the last call: a

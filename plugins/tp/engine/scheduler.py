@@ -61,9 +61,6 @@ class StepOutcome:
     finished: list[Sequence]
 
 
-_NO_EXTRAS = SamplerExtras()
-
-
 class Scheduler:
     """Decides what each engine step computes, and applies what it sampled.
 
@@ -108,7 +105,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self._live: dict[int, Sequence] = {}
-        self._with_extras: set[int] = set()  # live sequences with penalties or logit_bias
+        # live sequences with penalties, logit_bias or min_tokens
+        self._with_extras: set[int] = set()
         self._arrivals = itertools.count()
         self._step_ids = itertools.count()
 
@@ -182,15 +180,16 @@ class Scheduler:
         return steps.build(next(self._step_ids))
 
     def sampler_extras(self, step: StepMetadata) -> dict[int, SamplerExtras] | None:
-        """What rank 0's sampler needs beside ``step`` (penalties, ``logit_bias``) for
-        its sequences that sample, by id; None when none needs anything (the usual step)."""
+        """What rank 0's sampler needs beside ``step`` (penalties, ``logit_bias``,
+        ``min_tokens``) for its sequences that sample, by id; None when none needs
+        anything (the usual step)."""
         if not self._with_extras:
             return None
         extras = {}
         for seq_id, flag in zip(step.seq_ids, step.sample, strict=True):
             if flag and seq_id in self._with_extras:
                 e = self._live[seq_id].sampler_extras(self.eos_token_ids)
-                if e != _NO_EXTRAS:  # (min_tokens reached and nothing else)
+                if e is not None:
                     extras[seq_id] = e
         return extras or None
 

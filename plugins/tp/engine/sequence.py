@@ -88,8 +88,12 @@ class Sequence:
         p = self.sampling
         return bool(p.logit_bias) or p.penalized or p.min_tokens > 0
 
-    def sampler_extras(self, eos_token_ids: frozenset[int] = frozenset()) -> SamplerExtras:
+    def sampler_extras(self, eos_token_ids: frozenset[int] = frozenset()) -> SamplerExtras | None:
+        """What rank 0's sampler needs for this sequence's next token, or None when
+        nothing (no bias or penalty, and ``min_tokens`` reached)."""
         p = self.sampling
+        if not p.logit_bias and not p.penalized and self.num_generated >= p.min_tokens:
+            return None
         outputs = tuple(self.output_token_ids) if p.penalized else ()
         banned: tuple[int, ...] = ()
         if self.num_generated < p.min_tokens:
