@@ -19,11 +19,12 @@ from rt.core.step import SamplingParams
 
 @attrs.frozen
 class TokenLogprob:
-    """A generated token's logprob and the top alternatives (OpenAI ``logprobs``)."""
+    """A token's logprob and the top alternatives (OpenAI ``logprobs``); ``logprob`` is
+    None only for a prompt's first token, which nothing precedes."""
 
     token_id: int
     token: str
-    logprob: float
+    logprob: float | None
     top: tuple[tuple[int, str, float], ...] = ()
 
 
@@ -43,6 +44,9 @@ class GenerationOutput:
 
     ``finish_reason`` is set on the last output ("stop", "length", "abort" or
     "error"); ``error`` carries the message when the engine failed the request.
+    ``prompt_logprobs``, on the first output of a request whose sampling params ask
+    for them, holds one entry per prompt token: each token's logprob given the tokens
+    before it (None for the first).
     """
 
     request_id: str
@@ -53,6 +57,7 @@ class GenerationOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None
 
     @property
     def finished(self) -> bool:
@@ -88,6 +93,10 @@ class Engine(Protocol):
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; encode a rendered chat template with
         ``add_special_tokens=False`` (the template writes them)."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids``, special tokens included (an echoed prompt)."""
         ...
 
     def apply_chat_template(
@@ -143,4 +152,7 @@ def merge_outputs(parts: Sequence[GenerationOutput]) -> GenerationOutput:
         text="".join(p.text for p in parts),
         token_ids=tuple(t for p in parts for t in p.token_ids),
         logprobs=tuple(lp for p in parts for lp in p.logprobs),
+        prompt_logprobs=next(
+            (p.prompt_logprobs for p in parts if p.prompt_logprobs is not None), None
+        ),
     )

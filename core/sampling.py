@@ -71,6 +71,11 @@ class SamplingParams:
     temperature. None of these changes the reported logprobs. Until ``min_tokens``
     tokens are out, EOS (unless ``ignore_eos``) and ``stop_token_ids`` cannot be
     sampled (vLLM's rule; stop strings still apply).
+
+    ``prompt_logprobs`` (None: not wanted) asks for the logprob of every prompt token
+    after the first, given the tokens before it, and this many top alternatives at
+    each position: the ranks compute logits for every prompt position of the request
+    (``StepMetadata.prompt_rows``), which costs a vocabulary projection per token.
     """
 
     temperature: float = attrs.field(default=1.0, validator=_non_negative)
@@ -91,6 +96,12 @@ class SamplingParams:
     repetition_penalty: float = attrs.field(default=1.0)
     min_p: float = attrs.field(default=0.0)
     min_tokens: int = attrs.field(default=0, validator=_non_negative)
+    prompt_logprobs: int | None = attrs.field(default=None)
+
+    @prompt_logprobs.validator
+    def _check_prompt_logprobs(self, attribute: attrs.Attribute, value: int | None) -> None:
+        if value is not None and not 0 <= value <= 20:
+            raise ValueError(f"prompt_logprobs must be None or in [0, 20], got {value!r}")
 
     @repetition_penalty.validator
     def _check_repetition_penalty(self, attribute: attrs.Attribute, value: float) -> None:

@@ -25,7 +25,7 @@ from rt.core.sampling import SamplingParams
 
 __all__ = ["STEP_SCHEMA_VERSION", "SamplingParams", "SeqStep", "StepBuilder", "StepMetadata"]
 
-STEP_SCHEMA_VERSION = 3  # 3: SamplingParams' penalties and logit_bias
+STEP_SCHEMA_VERSION = 4  # 3: SamplingParams' penalties and logit_bias; 4: prompt_logprobs
 
 # Typecodes of the arrays: seq ids are int64, everything else int32 ("sample" is int8).
 SEQ_ID_TYPE, INT_TYPE, FLAG_TYPE = "q", "i", "b"
@@ -151,6 +151,25 @@ class StepMetadata:
                 params.append(sampling[index[i]])
                 generated.append(self.num_generated[i])
         return params, generated
+
+    def prompt_rows(self) -> list[tuple[int, int, int]]:
+        """``(i, first, count)`` per sequence ``i`` whose prompt logprobs this step
+        computes: the hidden-state rows ``first .. first + count - 1`` of the step's
+        tokens, each predicting the token after it. Only a request's first prefill
+        asks (``num_generated`` 0: a recompute after preemption has them already), and
+        the row that samples is left out: its logits are the sampler's. Every rank
+        derives the same rows from the step, so their logits' collectives match."""
+        rows, first, sampling, index = [], 0, self.sampling, self.sampling_index
+        if all(p.prompt_logprobs is None for p in sampling):  # the usual step: no loop
+            return rows
+        for i, count in enumerate(self.token_counts):
+            wanted = sampling[index[i]].prompt_logprobs is not None
+            if wanted and self.num_generated[i] == 0:
+                n = count - (1 if self.sample[i] else 0)
+                if n > 0:
+                    rows.append((i, first, n))
+            first += count
+        return rows
 
     def check(self) -> StepMetadata:
         """Raise ``ValueError`` unless the arrays agree with each other; return self."""

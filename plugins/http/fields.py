@@ -130,7 +130,6 @@ class Number:
 
 @attrs.frozen
 class Boolean:
-    only: bool | None = None  # the one value rt accepts, for a flag it does not implement
     noun = "true or false"
 
     def kind_ok(self, value: Any) -> bool:
@@ -139,12 +138,10 @@ class Boolean:
     def check(self, value: Any, where: str) -> bool:
         if not isinstance(value, bool):
             raise Invalid(where, f"{where} must be true or false, got {show(value)}")
-        if self.only is not None and value != self.only:
-            raise Invalid(where, f"{where} must be {str(self.only).lower()}")
         return value
 
     def schema(self) -> dict[str, Any]:
-        return _drop_none({"type": "boolean", "const": self.only})
+        return {"type": "boolean"}
 
 
 @attrs.frozen

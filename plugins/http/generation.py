@@ -41,12 +41,27 @@ async def _prompt_ids(engine: Any, parsed: oa.ParsedRequest) -> list[int]:
     return list(parsed.prompt_token_ids or ())
 
 
+async def _echo_text(engine: Any, parsed: oa.ParsedRequest, ids: list[int]) -> str | None:
+    """The prompt as an echo shows it: the text sent, or its token ids' text."""
+    if not parsed.echo:
+        return None
+    if parsed.prompt is not None:
+        return parsed.prompt
+    return await asyncio.to_thread(engine.decode, ids)
+
+
+@attrs.frozen
+class _Submitted:
+    response_id: str
+    streams: list[RequestStream]
+    echo: str | None  # the prompt's text, when the response echoes it
+
+
 async def _submit(
     state: ServerState, parsed: oa.ParsedRequest, scope: dict[str, Any]
-) -> tuple[str, list[RequestStream]]:
-    """Submit the request's ``n`` choices, each a sequence of its own; the response id
-    and their streams. The request counts against the server's limit until the engine
-    is done with every choice."""
+) -> _Submitted:
+    """Submit the request's ``n`` choices, each a sequence of its own. The request
+    counts against the server's limit until the engine is done with every choice."""
     engine = state.engine()
     state.check_model(engine, parsed.model)
     ids = await _prompt_ids(engine, parsed)
@@ -87,7 +102,7 @@ async def _submit(
         if isinstance(e, EngineDead):
             raise ApiError(503, str(e), code="engine_dead") from None
         raise ApiError(422, str(e), param=e.param) from None
-    return response_id, streams
+    return _Submitted(response_id, streams, await _echo_text(engine, parsed, ids))
 
 
 def _end(
@@ -129,11 +144,18 @@ async def _collect(stream: RequestStream) -> GenerationOutput:
     return merge_outputs([out async for out in stream.outputs()])
 
 
+def _shown(parsed: oa.ParsedRequest, out: GenerationOutput) -> GenerationOutput:
+    """What the client sees of a choice's output: without the token an echo of the
+    prompt alone made."""
+    return rs.echo_only(out) if parsed.echo_only else out
+
+
 async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest) -> Response:
-    response_id, streams = await _submit(state, parsed, request.scope)
+    submitted = await _submit(state, parsed, request.scope)
+    streams = submitted.streams
     model = streams[0].engine.model_name
     if parsed.stream:
-        return _EngineStream(_sse(state, response_id, streams, parsed, model), streams, state)
+        return _EngineStream(_sse(state, submitted, parsed, model), streams, state)
     collect = asyncio.ensure_future(asyncio.gather(*map(_collect, streams)))
     gone = asyncio.ensure_future(_wait_disconnect(request))
     outs: list[GenerationOutput] | None = None
@@ -141,7 +163,7 @@ async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest
         await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not collect.done():
             return Response(status_code=499)  # nobody reads it: the client went away
-        outs = collect.result()
+        outs = [_shown(parsed, out) for out in collect.result()]
     finally:
         for task in (collect, gone):
             task.cancel()
@@ -150,7 +172,9 @@ async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest
         failure = _failure(out)
         if failure is not None:
             raise failure
-    return JSONResponse(rs.full_response(parsed, response_id, model, outs))
+    if submitted.echo is not None:
+        outs = [rs.echoed(out, submitted.echo) for out in outs]
+    return JSONResponse(rs.full_response(parsed, submitted.response_id, model, outs))
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -183,12 +207,9 @@ async def _merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Gene
 
 
 async def _sse(
-    state: ServerState,
-    response_id: str,
-    streams: list[RequestStream],
-    parsed: oa.ParsedRequest,
-    model: str,
+    state: ServerState, submitted: _Submitted, parsed: oa.ParsedRequest, model: str
 ) -> AsyncIterator[str]:
+    response_id, streams, echo = submitted.response_id, submitted.streams, submitted.echo
     offsets = [0] * len(streams)
     lasts: list[GenerationOutput | None] = [None] * len(streams)
     merged = _merged(streams)
@@ -197,15 +218,22 @@ async def _sse(
             for i in range(len(streams)):
                 yield _event(rs.chunk(parsed, response_id, model, None, first=True, index=i))
         async for i, out in merged:
-            lasts[i] = out
+            first, shown = lasts[i] is None, _shown(parsed, out)
+            lasts[i] = shown
             failure = _failure(out)
             if failure is not None:
                 yield _event(error_body(failure.status, failure.message, code=failure.code))
                 break
-            if out.text or out.logprobs or out.finished:
-                chunk = rs.chunk(parsed, response_id, model, out, text_offset=offsets[i], index=i)
+            if echo is not None and first:  # the prompt (and its logprobs) comes first
+                prompt = GenerationOutput(
+                    out.request_id, "", (), prompt_logprobs=out.prompt_logprobs
+                )
+                yield _event(rs.chunk(parsed, response_id, model, rs.echoed(prompt, echo), index=i))
+                offsets[i] = len(echo)
+            if shown.text or shown.logprobs or shown.finished:
+                chunk = rs.chunk(parsed, response_id, model, shown, text_offset=offsets[i], index=i)
                 yield _event(chunk)
-                offsets[i] += len(out.text)
+                offsets[i] += len(shown.text)
         else:
             if parsed.include_usage:
                 yield _event(rs.usage_chunk(parsed, response_id, model, lasts))

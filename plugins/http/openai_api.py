@@ -144,11 +144,17 @@ class CompletionBody(CommonBody):
         explain="prompt must be a string, a list of token ids, or a list holding one of "
         "those, got {value}",
     )
+    max_tokens: int | None = field(
+        Integer(minimum=0),
+        "The most tokens to generate; 0 only with echo (the prompt's logprobs alone). "
+        "Prompt plus max_tokens must fit in the context (max_model_len in /v1/models), "
+        "else 400 context_length_exceeded.",
+    )
     echo: bool = field(
-        Boolean(only=False),
-        "rt does not echo the prompt.",
+        Boolean(),
+        "Put the prompt before the completion: in the text, and with logprobs, its tokens "
+        "first (the first one's logprob null: nothing precedes it).",
         default=False,
-        explain="echo is not supported, got {value}",
     )
     best_of: int = field(
         Integer(minimum=1, maximum=1),
@@ -227,6 +233,8 @@ class ParsedRequest:
     logprobs: int | None = None  # None: not asked for; else how many alternatives
     max_tokens_param: str = "max_tokens"  # the field that set max_tokens, for errors
     n: int = 1  # choices
+    echo: bool = False  # the prompt goes before each choice's text (completions)
+    echo_only: bool = False  # echo with max_tokens 0: one token is made and not shown
 
 
 def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
@@ -274,13 +282,27 @@ def _parsed(body: CommonBody, kind: Kind, logprobs: int | None, **rest: Any) -> 
 
 def parse_completion(data: dict) -> ParsedRequest:
     body: CompletionBody = _load(CompletionBody, data)
+    echo_only = body.echo and body.max_tokens == 0
+    if body.max_tokens == 0 and not body.echo:
+        raise ApiError(
+            422, "max_tokens must be at least 1 (0 only with echo: true)", param="max_tokens"
+        )
+    if echo_only:  # the engine makes one token, which the response leaves out
+        body = attrs.evolve(body, max_tokens=1)
     prompt = body.prompt
     # OpenAI accepts a batch of prompts; with n=1 only, a batch must hold one.
     if isinstance(prompt, list) and isinstance(prompt[0], str | list):
         prompt = prompt[0]
+    rest: dict[str, Any] = {"echo": body.echo, "echo_only": echo_only}
     if isinstance(prompt, str):
-        return _parsed(body, "completion", body.logprobs, prompt=prompt)
-    return _parsed(body, "completion", body.logprobs, prompt_token_ids=tuple(prompt))
+        rest["prompt"] = prompt
+    else:
+        rest["prompt_token_ids"] = tuple(prompt)
+    parsed = _parsed(body, "completion", body.logprobs, **rest)
+    if body.echo and body.logprobs is not None:
+        sampling = attrs.evolve(parsed.sampling, prompt_logprobs=body.logprobs)
+        parsed = attrs.evolve(parsed, sampling=sampling)
+    return parsed
 
 
 def _text(content: str | list[TextPart] | None) -> str:

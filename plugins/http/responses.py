@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 from rt.core.engine import GenerationOutput, TokenLogprob
 from rt.plugins.http.openai_api import Kind, ParsedRequest
 
@@ -33,7 +34,8 @@ def finish_reason(reason: str | None) -> str | None:
 
 
 def completion_logprobs(lps: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
-    """The legacy completions shape: parallel lists."""
+    """The legacy completions shape: parallel lists (an echoed prompt's first token has
+    null for its logprob and its alternatives)."""
     text_offset, pos = [], offset
     for lp in lps:
         text_offset.append(pos)
@@ -41,9 +43,33 @@ def completion_logprobs(lps: Sequence[TokenLogprob], offset: int) -> dict[str, A
     return {
         "tokens": [lp.token for lp in lps],
         "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{tok: v for _, tok, v in lp.top} for lp in lps],
+        "top_logprobs": [
+            None if lp.logprob is None else {tok: v for _, tok, v in lp.top} for lp in lps
+        ],
         "text_offset": text_offset,
     }
+
+
+def echoed(out: GenerationOutput, prompt_text: str) -> GenerationOutput:
+    """``out`` with the prompt before it: its text, and its tokens' logprobs when the
+    request asked for them (``out.prompt_logprobs``)."""
+    return attrs.evolve(
+        out, text=prompt_text + out.text, logprobs=(out.prompt_logprobs or ()) + out.logprobs
+    )
+
+
+def echo_only(out: GenerationOutput) -> GenerationOutput:
+    """What a request for the prompt alone (echo, max_tokens 0) shows of ``out``: not the
+    one token the engine made to score the prompt."""
+    reason = out.finish_reason
+    return attrs.evolve(
+        out,
+        text="",
+        token_ids=(),
+        logprobs=(),
+        completion_tokens=0,
+        finish_reason="length" if reason in ("stop", "length") else reason,
+    )
 
 
 def _entry(token: str, logprob: float) -> dict[str, Any]:

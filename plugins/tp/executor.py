@@ -2,7 +2,7 @@
 
 The engine loop (``llm_engine.py``) schedules, then hands each step to an executor,
 which sends it to the other ranks, runs rank 0's shard of the forward pass and samples:
-one call, ``execute(step) -> (token ids, logprobs)``.
+one call, ``execute(step) -> (token ids, logprobs, prompt logprobs)``.
 
 * :class:`LocalExecutor`: rank 0 is the driver process (``parallel.rank0 = "driver"``).
 * :class:`RemoteExecutor`: rank 0 runs in a process of its own (``parallel.rank0 =
@@ -24,11 +24,13 @@ from typing import Any, Protocol
 import attrs
 from rt.core.channel import ControlMessage, MetadataChannel
 from rt.core.step import StepMetadata
-from rt.plugins.tp.engine.sequence import SamplerExtras
+from rt.plugins.tp.engine.sequence import PromptLogprobs, SamplerExtras
 
 SHUTDOWN = ControlMessage("shutdown")
 HEARTBEAT = ControlMessage("heartbeat")
 Extras = dict[int, SamplerExtras]  # by sequence id
+# what a step gives back: sampled token ids, their logprobs, prompt logprobs (or None)
+StepOutput = tuple[list[int], list[Any], PromptLogprobs | None]
 
 
 @attrs.frozen
@@ -59,13 +61,12 @@ class StepExecutor(Protocol):
     def bind_thread(self) -> None:
         """Called first in the engine loop's thread."""
 
-    def execute(
-        self, step: StepMetadata, extras: Extras | None = None
-    ) -> tuple[list[int], list[Any]]:
+    def execute(self, step: StepMetadata, extras: Extras | None = None) -> StepOutput:
         """Run ``step`` on every rank; the sampled token ids and their logprobs, one per
-        sequence that samples this step, in step order. ``extras``: what rank 0's
-        sampler needs for some of those sequences beyond the step (penalties,
-        ``logit_bias``, ``min_tokens``), by sequence id; the other ranks never see it."""
+        sequence that samples this step, in step order, and the prompt logprobs the
+        step scored (None: no request asked). ``extras``: what rank 0 needs for some
+        sequences beyond the step (penalties, ``logit_bias``, ``min_tokens``, a prompt
+        chunk's next token), by sequence id; the other ranks never see it."""
 
     def drain_events(self) -> list[dict]:
         """Timeline spans (``Span.to_dict()``) rank 0 recorded since the last call: a
@@ -94,21 +95,25 @@ class LocalExecutor:
     def bind_thread(self) -> None:
         self.runner.bind_compute_thread()
 
-    def execute(
-        self, step: StepMetadata, extras: Extras | None = None
-    ) -> tuple[list[int], list[Any]]:
+    def execute(self, step: StepMetadata, extras: Extras | None = None) -> StepOutput:
         if self.channel is not None:
             self.channel.send(step)
         logits = self.runner.run(step)
+        next_tokens = {}
+        if extras:
+            next_tokens = {
+                s: e.next_prompt_token for s, e in extras.items() if e.next_prompt_token >= 0
+            }
+        prompt = self.runner.prompt_logprobs(step, next_tokens)
         params, num_generated = step.sampled_params()
         if not params:
-            return [], []
+            return [], [], prompt
         rows = None
         if extras:
             sampled = (s for s, flag in zip(step.seq_ids, step.sample, strict=True) if flag)
             rows = [extras.get(seq_id) for seq_id in sampled]
         result = self.sampler.sample(logits, params, num_generated, rows)
-        return result.token_ids, result.logprobs
+        return result.token_ids, result.logprobs, prompt
 
     def drain_events(self) -> list[dict]:
         return self.runner.compiled.drain_events()
@@ -135,15 +140,13 @@ class RemoteExecutor:
     def bind_thread(self) -> None:
         pass  # the model's threads live in rank 0's process
 
-    def execute(
-        self, step: StepMetadata, extras: Extras | None = None
-    ) -> tuple[list[int], list[Any]]:
+    def execute(self, step: StepMetadata, extras: Extras | None = None) -> StepOutput:
         self.conn.send(StepWithExtras(step, extras) if extras else step)
         reply = self.conn.recv()  # EOFError when rank 0 is gone
         if reply[0] == "error":
             raise RuntimeError(f"rank 0: {reply[1]}")
-        self.events.extend(reply[3])
-        return reply[1], reply[2]
+        self.events.extend(reply[4])
+        return reply[1], reply[2], reply[3]
 
     def drain_events(self) -> list[dict]:
         events, self.events = self.events, []
@@ -169,11 +172,11 @@ def serve_driver(conn: Connection, executor: LocalExecutor) -> None:
             plain = isinstance(message, StepMetadata)
             step, extras = (message, None) if plain else (message.step, message.extras)
             try:
-                tokens, logprobs = executor.execute(step, extras)
+                tokens, logprobs, prompt = executor.execute(step, extras)
             except Exception as e:
                 conn.send(("error", f"{type(e).__name__}: {e}"))
                 raise
-            conn.send(("ok", tokens, logprobs, executor.drain_events()))
+            conn.send(("ok", tokens, logprobs, prompt, executor.drain_events()))
         elif isinstance(message, ControlMessage) and message.kind == "heartbeat":
             executor.heartbeat()
         elif isinstance(message, ControlMessage) and message.kind == "shutdown":

@@ -93,6 +93,9 @@ class LLMEngine:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
     def apply_chat_template(
         self, messages: Sequence[dict], add_generation_prompt: bool = True
     ) -> str:
@@ -216,13 +219,13 @@ class LLMEngine:
                     continue
                 if step is None:
                     continue
-                tokens, logprobs = self.executor.execute(step, extras)
+                tokens, logprobs, prompt = self.executor.execute(step, extras)
                 last_sent = time.monotonic()
                 events = self.executor.drain_events()
                 if events and self._on_events is not None:
                     self._on_events(events)
                 with self._lock:
-                    outcome = self.scheduler.postprocess(step, tokens, logprobs)
+                    outcome = self.scheduler.postprocess(step, tokens, logprobs, prompt)
                     deliveries = self._collect(outcome.advanced, set(map(id, outcome.finished)))
                 self._deliver(deliveries)
                 if self._on_step is not None:
@@ -258,6 +261,9 @@ class LLMEngine:
                 reason = "stop" if active.stop.stopped else (seq.finish_reason or "stop")
                 del self._active[seq.seq_id]
                 del self._by_request[active.request_id]
+            prompt_lps = None
+            if seq.prompt_logprobs is not None and seq.num_generated == 1:
+                prompt_lps = self._prompt_logprobs(seq)
             output = GenerationOutput(
                 request_id=active.request_id,
                 text=text,
@@ -266,20 +272,25 @@ class LLMEngine:
                 finish_reason=reason if done else None,
                 prompt_tokens=seq.num_prompt_tokens,
                 completion_tokens=seq.num_generated,
+                prompt_logprobs=prompt_lps,
             )
             out.append((active.callback, output))
         return out
 
     def _logprobs(self, lp: TokenLogprobs | None) -> tuple[TokenLogprob, ...]:
-        if lp is None:
-            return ()
+        return () if lp is None else (self._token_logprob(lp),)
+
+    def _prompt_logprobs(self, seq: Seq) -> tuple[TokenLogprob, ...]:
+        first = seq.prompt_token_ids[0]
+        head = TokenLogprob(first, self.tokenizer.decode([first], skip_special_tokens=False), None)
+        assert seq.prompt_logprobs is not None and None not in seq.prompt_logprobs[1:]
+        return (head, *(self._token_logprob(lp) for lp in seq.prompt_logprobs[1:]))
+
+    def _token_logprob(self, lp: TokenLogprobs) -> TokenLogprob:
         decode = self.tokenizer.decode
         top = tuple((t, decode([t], skip_special_tokens=False), v) for t, v in lp.top)
-        return (
-            TokenLogprob(
-                lp.token_id, decode([lp.token_id], skip_special_tokens=False), lp.logprob, top
-            ),
-        )
+        token = decode([lp.token_id], skip_special_tokens=False)
+        return TokenLogprob(lp.token_id, token, lp.logprob, top)
 
     def _final(self, active: _Active, reason: str, error: str | None = None) -> GenerationOutput:
         return GenerationOutput(

@@ -26,6 +26,8 @@ from rt.plugins.tp.model_config import ModelConfig
 from rt.plugins.tp.models import get_model_class
 from rt.plugins.tp.parallel import ParallelContext
 from rt.plugins.tp.prepared_weights import load_prepared, save_prepared_async
+from rt.plugins.tp.prompt_logprobs import PromptLogprobs, prompt_rows
+from rt.plugins.tp.prompt_logprobs import compute as compute_prompt_logprobs
 from rt.plugins.tp.weights_plan import prepared_dir, prepared_file
 
 
@@ -75,6 +77,8 @@ class ModelRunner:
         # CUDA graphs of the decode step, once the graph-capture stage sets them up
         # (cuda_graphs.py; a CudaGraphs)
         self.graphs = None
+        # the last step's hidden rows its prompt logprobs need (prompt_logprobs.py)
+        self._prompt_hidden: torch.Tensor | None = None
 
     @property
     def kv_spec(self) -> KVCacheSpec:
@@ -261,6 +265,7 @@ class ModelRunner:
         """Run one step; return float32 logits ``[num seqs with sample, vocab]``, or None
         when no sequence samples."""
         assert self.model is not None and self.kv_cache is not None, "load and allocate first"
+        self._prompt_hidden = None
         self.compiled.maybe_switch(self.ctx)  # background compile: all ranks switch at once
         if self.graphs is not None:
             self.graphs.before_step()  # lazy captures, between steps, on every rank alike
@@ -279,9 +284,23 @@ class ModelRunner:
             input_ids = as_long(step.token_ids).to(self.device)  # [T]
             meta = build_attention_metadata(step, self.block_size, self.device)
             hidden = self._forward(input_ids, meta)  # [T, H]
+        self._prompt_hidden = prompt_rows(step, hidden)  # None unless a request asks
         sample = torch.frombuffer(step.sample, dtype=torch.int8).bool()  # [B]
         if not bool(sample.any()):
             return None
         last_token = counts.cumsum(0) - 1  # [B] each sequence's last token in T
         rows = last_token[sample].to(self.device)  # [N]
         return self.model.compute_logits(hidden[rows]).float()  # [N, V]
+
+    @torch.inference_mode()
+    def prompt_logprobs(
+        self, step: StepMetadata, next_tokens: Mapping[int, int] | None = None
+    ) -> PromptLogprobs | None:
+        """After ``run(step)``, on every rank: the logprobs of the prompt tokens ``step``
+        scores (``StepMetadata.prompt_rows``). Rank 0 passes ``next_tokens`` (the
+        driver's, possibly empty) and gets them by sequence id; the other ranks pass
+        None, take part in the projections and get None."""
+        rows, self._prompt_hidden = self._prompt_hidden, None
+        if rows is None:
+            return None
+        return compute_prompt_logprobs(self.model, step, rows, next_tokens)

@@ -184,5 +184,6 @@ def _serve_steps(runtime) -> None:
         message = channel.recv()  # an idle driver sends a heartbeat well within any timeout
         if isinstance(message, StepMetadata):
             runner.run(message)
+            runner.prompt_logprobs(message)  # its projections' collectives, if it has any
         elif isinstance(message, ControlMessage) and message.kind == "shutdown":
             return

@@ -15,12 +15,15 @@ from .ranks import run_ranks
 from .tiny_models import (
     CHECKPOINTS,
     BlockTables,
+    assert_prompt_logprobs_match,
     assert_same_picks,
     full_logits,
     greedy_decode,
     load_reference,
+    prompt_logprobs_in_chunks,
     random_prompt,
     reference_greedy,
+    reference_prompt_logprobs,
     write_checkpoint,
 )
 
@@ -29,6 +32,7 @@ PROMPT_LENS = (5, 11, 1)
 # mistral has a single KV head, which TP=2 cannot split (KV heads are not replicated)
 TP2_CHECKPOINTS = [n for n in CHECKPOINTS if n != "mistral"]
 INT4 = "llama_gqa_tied+int4"  # the same checkpoint with int4 weights (layers/int4.py)
+PROMPT_LOGPROBS = "llama_odd"  # its 251 tokens do not split evenly over the ranks
 
 
 def _tp_worker(ctx: ParallelContext, paths: dict) -> dict:
@@ -44,6 +48,11 @@ def _tp_worker(ctx: ParallelContext, paths: dict) -> dict:
         prompts = [random_prompt(n, vocab, seed=n) for n in PROMPT_LENS]
         tokens = greedy_decode(runner, prompts, NEW_TOKENS, BlockTables(NUM_BLOCKS, BLOCK_SIZE))
         out[name] = dict(logits=logits, tokens=tokens, param_bytes=runner.param_bytes())
+        if name == PROMPT_LOGPROBS:
+            long_prompt = random_prompt(40, vocab, seed=3)
+            blocks = BlockTables(NUM_BLOCKS, BLOCK_SIZE)
+            lps = prompt_logprobs_in_chunks(runner, long_prompt, 7, blocks, 3, ctx.rank == 0)
+            out[name]["prompt_logprobs"] = lps
     return out
 
 
@@ -69,6 +78,18 @@ def test_tp2_matches_transformers(tp2, name):
     for rank in ranks:  # every rank sees the full-vocabulary logits
         torch.testing.assert_close(rank[name]["logits"], expected, atol=1e-4, rtol=1e-4)
         assert rank[name]["tokens"] == expected_tokens
+
+
+@pytest.mark.slow
+def test_tp2_prompt_logprobs_match_transformers(tp2):
+    # every rank projects each slice of prompt rows (the head is vocabulary-parallel);
+    # rank 0 alone reduces them to logprobs
+    paths, ranks = tp2
+    ref = load_reference(paths[PROMPT_LOGPROBS])
+    prompt = random_prompt(40, ref.config.vocab_size, seed=3)
+    got = ranks[0][PROMPT_LOGPROBS]["prompt_logprobs"]
+    assert_prompt_logprobs_match(got, reference_prompt_logprobs(ref, prompt), prompt, 3)
+    assert ranks[1][PROMPT_LOGPROBS]["prompt_logprobs"] == []
 
 
 @pytest.mark.slow

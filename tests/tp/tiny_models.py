@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from rt.core.step import SamplingParams, SeqStep, StepMetadata
 
@@ -217,3 +218,49 @@ def greedy_decode(
                 outputs[s.seq_id].append(tok)
                 seqs[s.seq_id].append(tok)
     return outputs
+
+
+def prompt_logprobs_in_chunks(
+    runner, prompt: list[int], chunk: int, blocks: BlockTables, top: int, rank0: bool = True
+) -> list:
+    """Prefill ``prompt`` in chunks of ``chunk`` tokens as the engine does for a request
+    that wants its prompt logprobs (the last chunk samples); rank 0 returns one
+    ``TokenLogprobs`` per prompt token after the first, the other ranks []."""
+    wants = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=top)
+    scored: dict[int, object] = {}
+    for step_id, start in enumerate(range(0, len(prompt), chunk)):
+        end = min(start + chunk, len(prompt))
+        seq = SeqStep(0, tuple(prompt[start:end]), start, blocks.cover(0, end),
+                      end == len(prompt), 0, wants)  # fmt: skip
+        step = StepMetadata.from_seqs(step_id, [seq])
+        runner.run(step)
+        next_tokens = ({0: prompt[end]} if end < len(prompt) else {}) if rank0 else None
+        out = runner.prompt_logprobs(step, next_tokens)
+        if out:  # the last chunk scores nothing when it is the sampled token alone
+            first, values = out[0]
+            assert first == start + 1
+            scored.update({first + k: v for k, v in enumerate(values)})
+    return [scored[p] for p in range(1, len(prompt))] if rank0 else []
+
+
+def reference_prompt_logprobs(ref, prompt: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        logits = ref(torch.tensor([prompt])).logits[0]  # [L, V]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def assert_prompt_logprobs_match(
+    got: list, expected: torch.Tensor, prompt: list[int], top: int
+) -> None:
+    """``got[p - 1]`` scores prompt token ``p`` from position ``p - 1``'s distribution."""
+    assert len(got) == len(prompt) - 1
+    for p, lp in enumerate(got, start=1):
+        row = expected[p - 1]
+        assert lp.token_id == prompt[p]
+        assert lp.logprob == pytest.approx(float(row[prompt[p]]), abs=1e-4)
+        assert len(lp.top) == top
+        values = [v for _, v in lp.top]
+        assert values == sorted(values, reverse=True)
+        assert values == pytest.approx(row.topk(top).values.tolist(), abs=1e-4)
+        for token, v in lp.top:  # each named token has the value it claims
+            assert float(row[token]) == pytest.approx(v, abs=1e-4)

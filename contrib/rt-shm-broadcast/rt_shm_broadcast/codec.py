@@ -58,8 +58,9 @@ _CONTROL_KINDS = ("ping", "shutdown", "abort", "heartbeat")
 # start_positions, num_generated, sampling_index, table_lens, sample, token_ids, block_ids.
 STEP_TYPECODES = ("q", "i", "i", "i", "i", "i", "b", "i", "i")
 # temp, top_p, top_k, seed, max_tokens, logprobs, flags, n_stop_ids, n_stop,
-# presence_penalty, frequency_penalty, repetition_penalty, min_p, min_tokens, n_logit_bias
-_SAMPLING = struct.Struct("<ddqqqiBIIddddqI")
+# presence_penalty, frequency_penalty, repetition_penalty, min_p, min_tokens, n_logit_bias,
+# prompt_logprobs (-1: None)
+_SAMPLING = struct.Struct("<ddqqqiBIIddddqIi")
 _BIAS = struct.Struct("<id")  # one logit_bias entry: token id, bias
 _U32 = struct.Struct("<I")
 _HAS_SEED, _IGNORE_EOS, _WANT_LOGPROBS = 1, 2, 4
@@ -143,6 +144,7 @@ def encode_sampling(sp: SamplingParams) -> bytes:
             sp.min_p,
             sp.min_tokens,
             len(sp.logit_bias),
+            -1 if sp.prompt_logprobs is None else sp.prompt_logprobs,
         ),
         struct.pack(f"<{len(sp.stop_token_ids)}i", *sp.stop_token_ids),
         b"".join(_BIAS.pack(t, b) for t, b in sp.logit_bias),
@@ -156,7 +158,8 @@ def encode_sampling(sp: SamplingParams) -> bytes:
 
 def decode_sampling(body: bytes) -> SamplingParams:
     (temp, top_p, top_k, seed, max_tokens, logprobs, flags, n_ids, n_stop, presence,
-     frequency, repetition, min_p, min_tokens, n_bias) = _SAMPLING.unpack_from(body, 0)  # fmt: skip
+     frequency, repetition, min_p, min_tokens, n_bias, prompt_logprobs,
+     ) = _SAMPLING.unpack_from(body, 0)  # fmt: skip
     off = _SAMPLING.size
     stop_ids = struct.unpack_from(f"<{n_ids}i", body, off)
     off += 4 * n_ids
@@ -188,6 +191,7 @@ def decode_sampling(body: bytes) -> SamplingParams:
         min_p=min_p,
         min_tokens=min_tokens,
         logit_bias=bias,
+        prompt_logprobs=None if prompt_logprobs < 0 else prompt_logprobs,
     )
 
 

@@ -45,6 +45,7 @@ from rt.core.step import StepBuilder, StepMetadata
 from rt.plugins.tp.engine.block_manager import BlockManager
 from rt.plugins.tp.engine.sequence import (
     FinishReason,
+    PromptLogprobs,
     SamplerExtras,
     Sequence,
     SequenceStatus,
@@ -180,15 +181,23 @@ class Scheduler:
         return steps.build(next(self._step_ids))
 
     def sampler_extras(self, step: StepMetadata) -> dict[int, SamplerExtras] | None:
-        """What rank 0's sampler needs beside ``step`` (penalties, ``logit_bias``,
-        ``min_tokens``) for its sequences that sample, by id; None when none needs
-        anything (the usual step)."""
+        """What rank 0 needs beside ``step``, by sequence id: for a sequence that samples,
+        its penalties, ``logit_bias`` and ``min_tokens``; for a prompt chunk whose
+        logprobs are wanted, the prompt token after it. None when nothing is needed
+        (the usual step)."""
         if not self._with_extras:
             return None
         extras = {}
-        for seq_id, flag in zip(step.seq_ids, step.sample, strict=True):
-            if flag and seq_id in self._with_extras:
-                e = self._live[seq_id].sampler_extras(self.eos_token_ids)
+        for seq_id, flag, start, count in zip(
+            step.seq_ids, step.sample, step.start_positions, step.token_counts, strict=True
+        ):
+            if seq_id in self._with_extras:
+                seq = self._live[seq_id]
+                e = (
+                    seq.sampler_extras(self.eos_token_ids)
+                    if flag
+                    else seq.chunk_extras(start + count)
+                )
                 if e is not None:
                     extras[seq_id] = e
         return extras or None
@@ -198,12 +207,14 @@ class Scheduler:
         step: StepMetadata,
         sampled: SequenceABC[int],
         logprobs: SequenceABC[TokenLogprobs | None] | None = None,
+        prompt_logprobs: PromptLogprobs | None = None,
     ) -> StepOutcome:
         """Apply a step's results.
 
         ``sampled`` (and ``logprobs`` when given) hold one entry per sequence with
-        ``sample`` set, in step order. Sequences aborted or finished while the step
-        ran are skipped.
+        ``sample`` set, in step order; ``prompt_logprobs``, what the step scored of
+        prompts that asked. Sequences aborted or finished while the step ran are
+        skipped.
         """
         num_sampling = sum(step.sample)
         assert len(sampled) == num_sampling, (len(sampled), num_sampling)
@@ -224,6 +235,8 @@ class Scheduler:
                 continue
             if seq.num_cached_tokens != start:
                 continue  # preempted and readmitted since this step was built
+            if prompt_logprobs and seq_id in prompt_logprobs:
+                seq.set_prompt_logprobs(*prompt_logprobs[seq_id])
             seq.num_cached_tokens = start + count
             if not sample:
                 continue

@@ -35,18 +35,25 @@ class TokenLogprobs:
     top: tuple[tuple[int, float], ...] = ()
 
 
+# What a step's prompt logprobs give the driver: by sequence id, the position of the
+# first prompt token scored and one TokenLogprobs per token from there on.
+PromptLogprobs = dict[int, tuple[int, list[TokenLogprobs]]]
+
+
 @attrs.frozen
 class SamplerExtras:
     """What rank 0's sampler needs for one sequence beyond its step's sampling record,
     sent beside the step (never to the other ranks): the tokens it generated so far
     (for penalties; empty without them), its ``logit_bias``, its prompt's distinct
     tokens (with a ``repetition_penalty``), and the tokens that would end it before
-    ``min_tokens``."""
+    ``min_tokens``; and for a prompt chunk whose logprobs are wanted and that does not
+    end the prompt, the prompt token after it (-1: none), the last row's target."""
 
     outputs: tuple[int, ...] = ()
     logit_bias: tuple[tuple[int, float], ...] = ()
     prompt: tuple[int, ...] = ()  # its distinct prompt tokens, for a repetition_penalty
     banned: tuple[int, ...] = ()  # tokens it may not sample yet (min_tokens)
+    next_prompt_token: int = -1
 
 
 @attrs.define(eq=False)
@@ -76,17 +83,38 @@ class Sequence:
     num_cached_tokens: int = 0
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    # one per prompt token once a request that asks for them has its prefill done:
+    # None for the first, then each token's logprob given the ones before it
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
     # what the steps carry (SamplingParams.step_view), made once
     step_sampling: SamplingParams = attrs.field(init=False)
     _prompt_distinct: tuple[int, ...] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.step_sampling = self.sampling.step_view()
+        if self.sampling.prompt_logprobs is not None:
+            self.prompt_logprobs = [None] * len(self.prompt_token_ids)
 
     @property
     def has_sampler_extras(self) -> bool:
         p = self.sampling
-        return bool(p.logit_bias) or p.penalized or p.min_tokens > 0
+        return (
+            bool(p.logit_bias) or p.penalized or p.min_tokens > 0 or p.prompt_logprobs is not None
+        )
+
+    def set_prompt_logprobs(self, first: int, values: list[TokenLogprobs]) -> None:
+        """Keep the logprobs of prompt tokens ``first ..`` (a recomputed chunk's again:
+        the same values)."""
+        assert self.prompt_logprobs is not None, "the request asked for no prompt logprobs"
+        self.prompt_logprobs[first : first + len(values)] = values
+
+    def chunk_extras(self, end: int) -> SamplerExtras | None:
+        """For a prompt chunk ending before position ``end`` that does not end the prompt
+        and whose logprobs are wanted: the prompt token at ``end``, which the chunk's
+        last row predicts."""
+        if self.prompt_logprobs is None or self.num_generated or end >= self.num_prompt_tokens:
+            return None
+        return SamplerExtras(next_prompt_token=self.prompt_token_ids[end])
 
     def sampler_extras(self, eos_token_ids: frozenset[int] = frozenset()) -> SamplerExtras | None:
         """What rank 0's sampler needs for this sequence's next token, or None when
