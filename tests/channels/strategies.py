@@ -26,6 +26,7 @@ sampling_params = st.builds(
     repetition_penalty=st.floats(0.01, 2),
     min_p=st.floats(0, 1),
     min_tokens=st.integers(0, 2**40),
+    prompt_logprobs=st.none() | st.integers(0, 20),
     logit_bias=st.dictionaries(INT32, st.floats(-100, 100), max_size=3).map(
         lambda d: tuple(d.items())
     ),

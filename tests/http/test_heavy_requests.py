@@ -175,6 +175,38 @@ def test_long_stop_strings_and_logit_biases_at_tp3_leave_the_engine_up(http_env,
         assert httpx.get(served.url + "/ready").status_code == 200
 
 
+def test_echoed_prompt_logprobs_at_tp3_over_chunked_prefill(http_env, tmp_path):
+    # Every rank projects each slice of an echoed prompt's rows (a collective each), in
+    # steps of 32 tokens here, beside other requests; rank 0 (its own process) gets
+    # each chunk's next prompt token beside the step.
+    model = write_tp3_servable_model(tmp_path / "model", seed=3)
+    with rt_serve(
+        model, http_env, tmp_path / "serve.log", "--plugins=shm-broadcast", "--tp", "3",
+        "--set", "parallel.rank0=process", "--set", "scheduler.max_num_batched_tokens=32",
+    ) as served:  # fmt: skip
+        url = served.url + "/v1/completions"
+        body = {"prompt": "Hello world, " * 15, "max_tokens": 0, "echo": True, "logprobs": 3}
+        alone = httpx.post(url, json=body, timeout=60)
+        assert alone.status_code == 200, (alone.text, served.log_text()[-2000:])
+        lp = alone.json()["choices"][0]["logprobs"]
+        assert len(lp["tokens"]) == alone.json()["usage"]["prompt_tokens"] > 64
+        assert lp["token_logprobs"][0] is None
+        assert all(v <= 0 for v in lp["token_logprobs"][1:])
+        # (keyed by token text: byte tokens that decode alike share an entry)
+        assert all(1 <= len(top) <= 3 for top in lp["top_logprobs"][1:])
+        generate = {"prompt": "Hello", "max_tokens": 40, "temperature": 0}
+        with ThreadPoolExecutor(4) as pool:
+            busy = [pool.submit(httpx.post, url, json=b, timeout=120) for b in [body] * 3]
+            busy.append(pool.submit(httpx.post, url, json=generate, timeout=120))
+        for future in busy:
+            assert future.result().status_code == 200, future.result().text
+        for future in busy[:3]:
+            got = future.result().json()["choices"][0]["logprobs"]
+            assert got["tokens"] == lp["tokens"]
+            assert got["token_logprobs"][1:] == pytest.approx(lp["token_logprobs"][1:], abs=1e-4)
+        assert httpx.get(served.url + "/ready").status_code == 200
+
+
 def test_past_max_concurrent_requests_a_request_gets_429_at_once(http_env, tmp_path):
     # Without a limit every request waited in the engine's queue however long it grew,
     # its prompt held in memory, and a load balancer could not tell the server was full.

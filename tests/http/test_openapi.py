@@ -78,7 +78,8 @@ def test_request_schemas_are_the_declarations():
     assert set(chat["properties"]) == {a.name for a in attrs.fields(oa.ChatBody)}
     assert chat["required"] == ["messages"]
     max_tokens = schemas["CompletionRequest"]["properties"]["max_tokens"]
-    assert max_tokens["anyOf"][0] == {"type": "integer", "minimum": 1}
+    assert max_tokens["anyOf"][0] == {"type": "integer", "minimum": 0}  # 0: with echo
+    assert chat["properties"]["max_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1}
     assert schemas["CompletionRequest"]["properties"]["temperature"]["default"] == 1.0
 
 
