@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document served at ``GET /openapi.json``.
 
-The request bodies come from the declarations in ``openai_api.py`` (the ones that
+The request bodies come from the declarations in ``bodies.py`` (the ones that
 validate requests), so the document cannot drift from what the server accepts. The
 response shapes are written here once, after ``responses.py`` and ``errors.py``;
 tests/http/test_schemathesis.py checks live responses against them.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rt import __version__
-from rt.plugins.http import openai_api as oa
+from rt.plugins.http import bodies
 from rt.plugins.http.fields import object_schema
 
 
@@ -235,8 +235,8 @@ def document(api_key: bool = False) -> dict[str, Any]:
         },
         "components": {
             "schemas": {
-                "CompletionRequest": object_schema(oa.CompletionBody),
-                "ChatCompletionRequest": object_schema(oa.ChatBody),
+                "CompletionRequest": object_schema(bodies.CompletionBody),
+                "ChatCompletionRequest": object_schema(bodies.ChatBody),
                 "Completion": COMPLETION,
                 "ChatCompletion": CHAT_COMPLETION,
                 "Error": ERROR,

@@ -7,14 +7,13 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rt.plugins.http import openai_api as oa
-from rt.plugins.http import openapi
+from rt.plugins.http import bodies, openapi
 from rt.plugins.http.errors import ApiError
 from rt.plugins.http.fields import load, object_schema
 
 BODIES = {
-    oa.CompletionBody: {"prompt": "hi"},
-    oa.ChatBody: {"messages": [{"role": "user", "content": "hi"}]},
+    bodies.CompletionBody: {"prompt": "hi"},
+    bodies.ChatBody: {"messages": [{"role": "user", "content": "hi"}]},
 }
 
 # JSON values, with the edges a client can send: integral floats, big integers
@@ -74,8 +73,8 @@ def test_request_schemas_are_the_declarations():
     doc = openapi.document()
     schemas = doc["components"]["schemas"]
     chat = schemas["ChatCompletionRequest"]
-    assert chat == object_schema(oa.ChatBody)
-    assert set(chat["properties"]) == {a.name for a in attrs.fields(oa.ChatBody)}
+    assert chat == object_schema(bodies.ChatBody)
+    assert set(chat["properties"]) == {a.name for a in attrs.fields(bodies.ChatBody)}
     assert chat["required"] == ["messages"]
     max_tokens = schemas["CompletionRequest"]["properties"]["max_tokens"]
     assert max_tokens["anyOf"][0] == {"type": "integer", "minimum": 0}  # 0: with echo
