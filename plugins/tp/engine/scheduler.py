@@ -40,8 +40,9 @@ from collections.abc import Iterable
 from collections.abc import Sequence as SequenceABC
 
 import attrs
-from rt.core.errors import ConfigError, RequestError
+from rt.core.errors import ConfigError
 from rt.core.step import StepBuilder, StepMetadata
+from rt.plugins.tp.engine.admission import check_fits
 from rt.plugins.tp.engine.block_manager import BlockManager
 from rt.plugins.tp.engine.sequence import (
     FinishReason,
@@ -131,7 +132,7 @@ class Scheduler:
         """Queue a new request; raise ``RequestError`` if it could never be served."""
         assert seq.seq_id not in self._live, f"sequence id {seq.seq_id} is already scheduled"
         assert seq.status is SequenceStatus.WAITING and not seq.block_table
-        self._check_fits(seq)
+        check_fits(seq, self.block_manager, self.max_model_len)
         seq.arrival = next(self._arrivals)
         self._live[seq.seq_id] = seq
         if seq.has_sampler_extras:
@@ -261,34 +262,6 @@ class Scheduler:
     def abort(self, seq_id: int) -> Sequence | None:
         """Drop a sequence wherever it is, freeing its blocks at once."""
         return self.finish(seq_id, "abort")
-
-    def _check_fits(self, seq: Sequence) -> None:
-        p, max_tokens = seq.num_prompt_tokens, seq.sampling.max_tokens
-        if p == 0:
-            raise RequestError(
-                f"request {seq.seq_id}: the prompt is empty; send at least one token"
-            )
-        if max_tokens < 1:
-            raise RequestError(
-                f"request {seq.seq_id}: max_tokens is {max_tokens}; ask for at least 1 token"
-            )
-        if p + 1 > self.max_model_len:
-            raise RequestError(
-                f"request {seq.seq_id}: the prompt has {p} tokens, but max_model_len is "
-                f"{self.max_model_len}, which leaves no room for an output token; shorten "
-                f"the prompt to at most {self.max_model_len - 1} tokens or raise max_model_len"
-            )
-        # The last sampled token is never fed back, so its KV is never stored.
-        max_kv_tokens = min(p + max_tokens, self.max_model_len) - 1
-        bm = self.block_manager
-        need = bm.blocks_for(max_kv_tokens)
-        if need > bm.num_blocks:
-            raise RequestError(
-                f"request {seq.seq_id}: {p} prompt tokens + up to {max_tokens} output tokens "
-                f"need {need} KV-cache blocks of {bm.block_size} tokens, but the whole cache "
-                f"holds {bm.num_blocks} ({bm.num_blocks * bm.block_size} tokens); lower "
-                f"max_tokens, shorten the prompt, or give the KV cache more memory"
-            )
 
     def _make_room(self, seq: Sequence) -> bool:
         """Preempt the newest running sequences until ``seq`` can grow; False if
