@@ -24,6 +24,8 @@ from rt.plugins.http.token_map import TokenMap
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
 MAX_CHOICES = 16  # n: each choice is a sequence the engine decodes
+MAX_PROMPTS = 256  # a completions batch; prompts x n choices at most MAX_BATCH_CHOICES
+MAX_BATCH_CHOICES = 256
 MAX_STOP_TOKEN_IDS = 256  # the scheduler checks each sampled token against them
 MAX_LOGIT_BIAS_TOKENS = 1024  # each costs the sampler a little, every step of the request
 # Below this a temperature is greedy: logits divided by it overflow float32 to inf,
@@ -133,11 +135,12 @@ class CompletionBody(CommonBody):
     """The body of ``POST /v1/completions``."""
 
     prompt: Any = field(
-        AnyOf((String(), _TOKEN_IDS, Array(AnyOf((String(), _TOKEN_IDS)), 1, 1))),
-        "A string, a list of token ids, or a list holding one of those.",
+        AnyOf((String(), _TOKEN_IDS, Array(AnyOf((String(), _TOKEN_IDS)), 1, MAX_PROMPTS))),
+        f"A string, a list of token ids, or a batch: a list of up to {MAX_PROMPTS} of those, "
+        "each with n choices of its own (choice index = prompt index * n + choice).",
         required=True,
-        explain="prompt must be a string, a list of token ids, or a list holding one of "
-        "those, got {value}",
+        explain="prompt must be a string, a list of token ids, or a list of up to "
+        f"{MAX_PROMPTS} of those, got {{value}}",
     )
     max_tokens: int | None = field(
         Integer(minimum=0),

@@ -1,4 +1,5 @@
-"""The two generation routes: submit to the engine, then stream or collect.
+"""The two generation routes: submit to the engine (``submission.py``), then stream or
+collect.
 
 A request is submitted before the response starts, so a request that can never
 be served gets a real 4xx status. Whatever way a response ends (finished, client
@@ -10,121 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
-import attrs
-from rt.core.engine import GenerationOutput, GenerationRequest, merge_outputs
-from rt.core.errors import EngineDead, RequestError
+from rt.core.engine import GenerationOutput, merge_outputs
 from rt.plugins.http import openai_api as oa
 from rt.plugins.http import responses as rs
 from rt.plugins.http.errors import ApiError, error_body
 from rt.plugins.http.state import RequestStream, ServerState
+from rt.plugins.http.submission import Submitted, end_all, submit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-
-log = logging.getLogger("rt.http")
-
-
-async def _prompt_ids(engine: Any, parsed: oa.ParsedRequest) -> list[int]:
-    # Tokenizing a long prompt takes milliseconds: do it off the event loop.
-    try:
-        if parsed.kind == "chat":
-            text = await asyncio.to_thread(engine.apply_chat_template, list(parsed.messages))
-            return await asyncio.to_thread(engine.encode, text, False)
-        if parsed.prompt is not None:
-            return await asyncio.to_thread(engine.encode, parsed.prompt)
-    except Exception as e:  # a template that rejects the messages, say
-        log.info("could not build the prompt", exc_info=True)
-        raise ApiError(422, f"could not build the prompt: {type(e).__name__}: {e}") from None
-    return list(parsed.prompt_token_ids or ())
-
-
-async def _echo_text(engine: Any, parsed: oa.ParsedRequest, ids: list[int]) -> str | None:
-    """The prompt as an echo shows it: the text sent, or its token ids' text."""
-    if not parsed.echo:
-        return None
-    if parsed.prompt is not None:
-        return parsed.prompt
-    return await asyncio.to_thread(engine.decode, ids)
-
-
-@attrs.frozen
-class _Submitted:
-    response_id: str
-    streams: list[RequestStream]
-    echo: str | None  # the prompt's text, when the response echoes it
-
-
-async def _submit(
-    state: ServerState, parsed: oa.ParsedRequest, scope: dict[str, Any]
-) -> _Submitted:
-    """Submit the request's ``n`` choices, each a sequence of its own. The request
-    counts against the server's limit until the engine is done with every choice."""
-    engine = state.engine()
-    state.check_model(engine, parsed.model)
-    ids = await _prompt_ids(engine, parsed)
-    max_tokens = oa.resolve_max_tokens(parsed, len(ids), engine.max_model_len)
-    try:
-        sampling = attrs.evolve(parsed.sampling, max_tokens=max_tokens)
-    except (TypeError, ValueError) as e:
-        raise ApiError(422, str(e)) from None
-    if sampling.min_tokens > max_tokens:
-        raise ApiError(
-            422,
-            f"min_tokens ({sampling.min_tokens}) is more than the {max_tokens} tokens this "
-            "request may generate",
-            param="min_tokens",
-        )
-    response_id = rs.new_id(parsed.kind)
-    left = [parsed.n]
-
-    def engine_done() -> None:
-        left[0] -= 1
-        if left[0] == 0:
-            state.release(scope)
-
-    streams: list[RequestStream] = []
-    loop = asyncio.get_running_loop()
-    try:
-        for i in range(parsed.n):
-            rid = response_id if parsed.n == 1 else f"{response_id}-{i}"
-            ttft = state.metrics.ttft.observe if i == 0 else None
-            stream = RequestStream(engine, rid, loop, ttft, on_engine_done=engine_done)
-            choice = oa.choice_sampling(sampling, i)
-            request = GenerationRequest(rid, prompt_token_ids=tuple(ids), sampling=choice)
-            engine.submit(request, stream.callback)
-            state.inflight[rid] = stream
-            streams.append(stream)
-    except (RequestError, EngineDead) as e:
-        _end_all(state, streams)
-        if isinstance(e, EngineDead):
-            raise ApiError(503, str(e), code="engine_dead") from None
-        raise ApiError(422, str(e), param=e.param) from None
-    return _Submitted(response_id, streams, await _echo_text(engine, parsed, ids))
-
-
-def _end(
-    state: ServerState, stream: RequestStream, last: GenerationOutput | None, first: bool = True
-) -> None:
-    """``first``: the request's first choice, which counts its prompt tokens."""
-    state.inflight.pop(stream.request_id, None)
-    if not stream.finished:
-        stream.abort()
-        last = None
-    state.record_finish(stream, last, prompt=first)
-
-
-def _end_all(
-    state: ServerState,
-    streams: list[RequestStream],
-    lasts: Sequence[GenerationOutput | None] | None = None,
-) -> None:
-    """:func:`_end` every choice, ``lasts[i]`` its last output; the first counts the
-    prompt's tokens."""
-    for i, stream in enumerate(streams):
-        _end(state, stream, lasts[i] if lasts is not None else None, first=i == 0)
 
 
 def _failure(out: GenerationOutput) -> ApiError | None:
@@ -151,8 +48,8 @@ def _shown(parsed: oa.ParsedRequest, out: GenerationOutput) -> GenerationOutput:
 
 
 async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest) -> Response:
-    submitted = await _submit(state, parsed, request.scope)
-    streams = submitted.streams
+    submitted = await submit(state, parsed, request.scope)
+    streams, n = submitted.streams, submitted.n
     model = streams[0].engine.model_name
     if parsed.stream:
         return _EngineStream(_sse(state, submitted, parsed, model), streams, state)
@@ -167,14 +64,14 @@ async def respond(state: ServerState, request: Request, parsed: oa.ParsedRequest
     finally:
         for task in (collect, gone):
             task.cancel()
-        _end_all(state, streams, outs)
+        end_all(state, streams, n, outs)
     for out in outs:
         failure = _failure(out)
         if failure is not None:
             raise failure
     if submitted.echo is not None:
-        outs = [rs.echoed(out, submitted.echo) for out in outs]
-    return JSONResponse(rs.full_response(parsed, submitted.response_id, model, outs))
+        outs = [rs.echoed(out, submitted.echo[i // n]) for i, out in enumerate(outs)]
+    return JSONResponse(rs.full_response(parsed, submitted.response_id, model, outs, n))
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -207,9 +104,10 @@ async def _merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Gene
 
 
 async def _sse(
-    state: ServerState, submitted: _Submitted, parsed: oa.ParsedRequest, model: str
+    state: ServerState, submitted: Submitted, parsed: oa.ParsedRequest, model: str
 ) -> AsyncIterator[str]:
     response_id, streams, echo = submitted.response_id, submitted.streams, submitted.echo
+    n = submitted.n
     offsets = [0] * len(streams)
     lasts: list[GenerationOutput | None] = [None] * len(streams)
     merged = _merged(streams)
@@ -225,22 +123,23 @@ async def _sse(
                 yield _event(error_body(failure.status, failure.message, code=failure.code))
                 break
             if echo is not None and first:  # the prompt (and its logprobs) comes first
+                text = echo[i // n]
                 prompt = GenerationOutput(
                     out.request_id, "", (), prompt_logprobs=out.prompt_logprobs
                 )
-                yield _event(rs.chunk(parsed, response_id, model, rs.echoed(prompt, echo), index=i))
-                offsets[i] = len(echo)
+                yield _event(rs.chunk(parsed, response_id, model, rs.echoed(prompt, text), index=i))
+                offsets[i] = len(text)
             if shown.text or shown.logprobs or shown.finished:
                 chunk = rs.chunk(parsed, response_id, model, shown, text_offset=offsets[i], index=i)
                 yield _event(chunk)
                 offsets[i] += len(shown.text)
         else:
             if parsed.include_usage:
-                yield _event(rs.usage_chunk(parsed, response_id, model, lasts))
+                yield _event(rs.usage_chunk(parsed, response_id, model, lasts, n))
         yield "data: [DONE]\n\n"
     finally:
         await merged.aclose()  # its tasks end now, not when it is collected
-        _end_all(state, streams, lasts)
+        end_all(state, streams, n, lasts)
 
 
 class _EngineStream(StreamingResponse):
@@ -262,4 +161,5 @@ class _EngineStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            _end_all(self._state, [s for s in self._streams if not s.finished])
+            # (nothing is counted for these: the others were ended with their outputs)
+            end_all(self._state, [s for s in self._streams if not s.finished], 1)

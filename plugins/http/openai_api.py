@@ -12,6 +12,7 @@ from typing import Any, Literal
 import attrs
 from rt.core.sampling import SamplingParams
 from rt.plugins.http.bodies import (
+    MAX_BATCH_CHOICES,
     MIN_TEMPERATURE,
     ChatBody,
     CommonBody,
@@ -35,12 +36,12 @@ class ParsedRequest:
     include_usage: bool
     max_tokens: int | None
     sampling: SamplingParams  # max_tokens filled in once the prompt length is known
-    prompt: str | None = None
-    prompt_token_ids: tuple[int, ...] | None = None
+    # completions: each prompt's text or token ids (a batch holds several); chat: messages
+    prompts: tuple[str | tuple[int, ...], ...] = ()
     messages: tuple[dict, ...] = ()
     logprobs: int | None = None  # None: not asked for; else how many alternatives
     max_tokens_param: str = "max_tokens"  # the field that set max_tokens, for errors
-    n: int = 1  # choices
+    n: int = 1  # choices per prompt
     echo: bool = False  # the prompt goes before each choice's text (completions)
     echo_only: bool = False  # echo with max_tokens 0: one token is made and not shown
 
@@ -98,14 +99,16 @@ def parse_completion(data: dict) -> ParsedRequest:
     if echo_only:  # the engine makes one token, which the response leaves out
         body = attrs.evolve(body, max_tokens=1)
     prompt = body.prompt
-    # OpenAI accepts a batch of prompts; with n=1 only, a batch must hold one.
-    if isinstance(prompt, list) and isinstance(prompt[0], str | list):
-        prompt = prompt[0]
-    rest: dict[str, Any] = {"echo": body.echo, "echo_only": echo_only}
-    if isinstance(prompt, str):
-        rest["prompt"] = prompt
-    else:
-        rest["prompt_token_ids"] = tuple(prompt)
+    batch = isinstance(prompt, list) and isinstance(prompt[0], str | list)
+    prompts = tuple(p if isinstance(p, str) else tuple(p) for p in (prompt if batch else [prompt]))
+    if len(prompts) * body.n > MAX_BATCH_CHOICES:
+        raise ApiError(
+            422,
+            f"{len(prompts)} prompts x n={body.n} make {len(prompts) * body.n} choices; "
+            f"at most {MAX_BATCH_CHOICES} per request",
+            param="n",
+        )
+    rest: dict[str, Any] = {"echo": body.echo, "echo_only": echo_only, "prompts": prompts}
     parsed = _parsed(body, "completion", body.logprobs, **rest)
     if body.echo and body.logprobs is not None:
         sampling = attrs.evolve(parsed.sampling, prompt_logprobs=body.logprobs)

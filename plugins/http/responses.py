@@ -131,14 +131,19 @@ def chunk(
     }
 
 
-def _usage(outs: Sequence[GenerationOutput | None]) -> dict[str, int]:
-    """The prompt once, the completion tokens of every choice."""
-    done = [o for o in outs if o is not None]
-    return usage(done[0].prompt_tokens if done else 0, sum(o.completion_tokens for o in done))
+def _usage(outs: Sequence[GenerationOutput | None], n: int) -> dict[str, int]:
+    """Each prompt once (choice ``i`` is prompt ``i // n``'s), the completion tokens of
+    every choice."""
+    prompts = sum(o.prompt_tokens for o in outs[::n] if o is not None)
+    return usage(prompts, sum(o.completion_tokens for o in outs if o is not None))
 
 
 def usage_chunk(
-    parsed: ParsedRequest, request_id: str, model: str, outs: Sequence[GenerationOutput | None]
+    parsed: ParsedRequest,
+    request_id: str,
+    model: str,
+    outs: Sequence[GenerationOutput | None],
+    n: int,
 ) -> dict:
     obj = "text_completion" if parsed.kind == "completion" else "chat.completion.chunk"
     return {
@@ -147,7 +152,7 @@ def usage_chunk(
         "created": int(time.time()),
         "model": model,
         "choices": [],
-        "usage": _usage(outs),
+        "usage": _usage(outs, n),
     }
 
 
@@ -165,14 +170,18 @@ def _choice(parsed: ParsedRequest, index: int, out: GenerationOutput) -> dict[st
 
 
 def full_response(
-    parsed: ParsedRequest, request_id: str, model: str, outs: Sequence[GenerationOutput]
+    parsed: ParsedRequest,
+    request_id: str,
+    model: str,
+    outs: Sequence[GenerationOutput],
+    n: int,
 ) -> dict[str, Any]:
-    """The non-streamed body, from each choice's merged output."""
+    """The non-streamed body, from each choice's merged output (``n`` per prompt)."""
     return {
         "id": request_id,
         "object": "text_completion" if parsed.kind == "completion" else "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [_choice(parsed, i, out) for i, out in enumerate(outs)],
-        "usage": _usage(outs),
+        "usage": _usage(outs, n),
     }

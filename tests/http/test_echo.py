@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from tests.http.conftest import assert_error_body
+from tests.http.test_observability import scrape, value
 
 PROMPT = "The quick brown fox"
 
@@ -112,3 +113,62 @@ def test_max_tokens_zero_needs_echo(server):
     r = httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 0})
     error = assert_error_body(r, 422)
     assert error["param"] == "max_tokens" and "echo" in error["message"]
+
+
+def test_a_batch_of_prompts_gets_n_choices_each_in_prompt_order(client, model):
+    prompts = [PROMPT, "Hello", [5, 6, 7]]
+    alone = [
+        client.completions.create(model=model, prompt=p, max_tokens=6, temperature=0)
+        for p in prompts
+    ]
+    out = client.completions.create(model=model, prompt=prompts, max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in out.choices] == list(range(6))
+    assert [c.text for c in out.choices] == [a.choices[0].text for a in alone for _ in (0, 1)]
+    # each prompt counted once, every choice's completion
+    assert out.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    assert out.usage.completion_tokens == 2 * sum(a.usage.completion_tokens for a in alone)
+
+
+def test_a_batch_scored_with_echo_streams_each_prompt_first(client, model):
+    # lm-eval-harness sends its loglikelihood requests in batches of token ids
+    prompts = [[1, 2, 3, 4, 5], [6, 7, 8]]
+    full = client.completions.create(
+        model=model, prompt=prompts, echo=True, logprobs=1, max_tokens=0, temperature=0
+    )
+    assert [len(c.logprobs.tokens) for c in full.choices] == [5, 3]
+    assert full.usage.prompt_tokens == 8 and full.usage.completion_tokens == 0
+    chunks = list(
+        client.completions.create(
+            model=model, prompt=prompts, echo=True, logprobs=1, max_tokens=0, temperature=0,
+            stream=True, stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    texts = ["", ""]
+    for chunk in chunks[:-1]:
+        (choice,) = chunk.choices
+        texts[choice.index] += choice.text
+    assert texts == [c.text for c in full.choices]
+    assert chunks[-1].usage.prompt_tokens == 8
+
+
+def test_a_batch_past_the_limits_is_refused_whole(server, client, model):
+    too_many = httpx.post(
+        server + "/v1/completions", json={"prompt": ["a"] * 200, "n": 2, "max_tokens": 1}
+    )
+    error = assert_error_body(too_many, 422)
+    assert error["param"] == "n" and "400 choices" in error["message"]
+    long = "word " * 5000  # past the tiny model's context
+    refused = httpx.post(server + "/v1/completions", json={"prompt": ["hi", long]})
+    assert_error_body(refused, 400, code="context_length_exceeded")
+    # the engine refuses the second prompt (a token id past the vocabulary) after it took
+    # the first: the first is withdrawn, nothing is left running or admitted
+    before = scrape(server)
+    body = {"prompt": [[1, 2, 3], [10**6]], "max_tokens": 200, "ignore_eos": True}
+    error = assert_error_body(httpx.post(server + "/v1/completions", json=body), 422)
+    assert "prompt token ids" in error["message"]
+    now = scrape(server)
+    aborted = value(now, "rt_requests_finished_total", finish_reason="abort")
+    assert aborted == value(before, "rt_requests_finished_total", finish_reason="abort") + 1
+    assert value(now, "rt_num_requests_running") == value(now, "rt_requests_admitted") == 0
+    ok = client.completions.create(model=model, prompt="hi", max_tokens=2)
+    assert ok.choices[0].finish_reason in ("stop", "length")
