@@ -27,14 +27,13 @@ from rt.core.engine import (
     GenerationOutput,
     GenerationRequest,
     OutputCallback,
-    TokenLogprob,
 )
 from rt.core.errors import EngineDead, RequestError
 from rt.plugins.tp.detokenizer import IncrementalDetokenizer, StopChecker
 from rt.plugins.tp.engine.scheduler import Scheduler
 from rt.plugins.tp.engine.sequence import Sequence as Seq
-from rt.plugins.tp.engine.sequence import TokenLogprobs
 from rt.plugins.tp.executor import StepExecutor
+from rt.plugins.tp.logprob_texts import logprob_texts, prompt_logprob_texts
 from rt.plugins.tp.tokenizer import Tokenizer
 
 log = logging.getLogger("rt.engine")
@@ -226,8 +225,10 @@ class LLMEngine:
                     self._on_events(events)
                 with self._lock:
                     outcome = self.scheduler.postprocess(step, tokens, logprobs, prompt)
-                    deliveries = self._collect(outcome.advanced, set(map(id, outcome.finished)))
-                self._deliver(deliveries)
+                    deliveries, due = self._collect(
+                        outcome.advanced, set(map(id, outcome.finished))
+                    )
+                self._deliver(self._with_prompt_logprobs(deliveries, due) if due else deliveries)
                 if self._on_step is not None:
                     self._on_step()
         except BaseException as e:  # a rank died, or a bug: fail requests, never hang
@@ -243,8 +244,12 @@ class LLMEngine:
 
     def _collect(
         self, advanced: list[Seq], finished: set[int]
-    ) -> list[tuple[OutputCallback, GenerationOutput]]:
-        out = []
+    ) -> tuple[list[tuple[OutputCallback, GenerationOutput]], list[tuple[int, Seq, list]]]:
+        """The outputs of the sequences that advanced, and the prompt logprobs due with
+        some of them: ``(index in outputs, sequence, raw values)``, turned into text by
+        :meth:`_with_prompt_logprobs` once the lock is released (thousands of tokens'
+        texts would keep ``submit`` waiting)."""
+        out, due = [], []
         for seq in advanced:
             active = self._active.get(seq.seq_id)
             if active is None:
@@ -261,36 +266,31 @@ class LLMEngine:
                 reason = "stop" if active.stop.stopped else (seq.finish_reason or "stop")
                 del self._active[seq.seq_id]
                 del self._by_request[active.request_id]
-            prompt_lps = None
             if seq.prompt_logprobs is not None and seq.num_generated == 1:
-                prompt_lps = self._prompt_logprobs(seq)
+                due.append((len(out), seq, seq.prompt_logprobs))
+                seq.prompt_logprobs = None  # delivered (a recompute scores no prompt)
             output = GenerationOutput(
                 request_id=active.request_id,
                 text=text,
                 token_ids=(token,),
-                logprobs=self._logprobs(seq.output_logprobs[-1]),
+                logprobs=logprob_texts(self.tokenizer, seq.output_logprobs[-1]),
                 finish_reason=reason if done else None,
                 prompt_tokens=seq.num_prompt_tokens,
                 completion_tokens=seq.num_generated,
-                prompt_logprobs=prompt_lps,
             )
             out.append((active.callback, output))
-        return out
+        return out, due
 
-    def _logprobs(self, lp: TokenLogprobs | None) -> tuple[TokenLogprob, ...]:
-        return () if lp is None else (self._token_logprob(lp),)
-
-    def _prompt_logprobs(self, seq: Seq) -> tuple[TokenLogprob, ...]:
-        first = seq.prompt_token_ids[0]
-        head = TokenLogprob(first, self.tokenizer.decode([first], skip_special_tokens=False), None)
-        assert seq.prompt_logprobs is not None and None not in seq.prompt_logprobs[1:]
-        return (head, *(self._token_logprob(lp) for lp in seq.prompt_logprobs[1:]))
-
-    def _token_logprob(self, lp: TokenLogprobs) -> TokenLogprob:
-        decode = self.tokenizer.decode
-        top = tuple((t, decode([t], skip_special_tokens=False), v) for t, v in lp.top)
-        token = decode([lp.token_id], skip_special_tokens=False)
-        return TokenLogprob(lp.token_id, token, lp.logprob, top)
+    def _with_prompt_logprobs(
+        self,
+        deliveries: list[tuple[OutputCallback, GenerationOutput]],
+        due: list[tuple[int, Seq, list]],
+    ) -> list[tuple[OutputCallback, GenerationOutput]]:
+        for i, seq, values in due:
+            callback, output = deliveries[i]
+            scored = prompt_logprob_texts(self.tokenizer, seq.prompt_token_ids[0], values)
+            deliveries[i] = (callback, attrs.evolve(output, prompt_logprobs=scored))
+        return deliveries
 
     def _final(self, active: _Active, reason: str, error: str | None = None) -> GenerationOutput:
         return GenerationOutput(
