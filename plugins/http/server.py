@@ -95,7 +95,9 @@ class HttpServer:
     def _serve(self, app: Any, sock: socket.socket, started: threading.Event) -> None:
         from hypercorn.asyncio import serve
         from hypercorn.config import Config
+        from rt.plugins.http.protocol_errors import install
 
+        install()  # OpenAI error bodies on the 400 and 431 Hypercorn answers itself
         hc = Config()
         hc.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here
         hc.graceful_timeout = self.config.shutdown_grace_s + 5.0
