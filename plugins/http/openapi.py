@@ -52,8 +52,9 @@ FINISH = {"enum": ["stop", "length", None]}
 COMPLETION_LOGPROBS = _obj(
     {
         "tokens": _list(STR),
-        "token_logprobs": _list(NUM),
-        "top_logprobs": _list({"type": "object", "additionalProperties": NUM}),
+        # an echoed prompt's first token: null (nothing precedes it)
+        "token_logprobs": _list(_or_null(NUM)),
+        "top_logprobs": _list(_or_null({"type": "object", "additionalProperties": NUM})),
         "text_offset": _list(INT),
     }
 )

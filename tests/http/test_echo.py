@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from rt.plugins.http import openapi
 
 from tests.http.conftest import assert_error_body
 from tests.http.test_observability import scrape, value
@@ -39,6 +40,15 @@ def test_echo_alone_scores_the_prompt_as_lm_eval_asks(client, model):
     assert all(len(top) == 1 for top in lp.top_logprobs[1:])
     assert "".join(lp.tokens) == PROMPT
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+
+
+def test_echoed_logprobs_match_the_documented_response_schema(server):
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    body = {"prompt": PROMPT, "echo": True, "logprobs": 2, "max_tokens": 3}
+    response = httpx.post(server + "/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    schema = openapi.document()["components"]["schemas"]["Completion"]
+    jsonschema_rs.validator_for(schema).validate(response.json())  # nulls included
 
 
 def test_echo_adds_the_prompt_before_the_same_completion_logprobs(client, model):
