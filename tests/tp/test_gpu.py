@@ -186,6 +186,24 @@ def test_cuda_runner_matches_transformers(tmp_path, dtype, tol):
     torch.testing.assert_close(ours, theirs, atol=tol, rtol=tol)
 
 
+def test_cuda_prompt_logprobs_match_transformers(tmp_path):
+    # an echoed prompt's rows projected in slices on the device, reduced there
+    from .tiny_models import (
+        assert_prompt_logprobs_match,
+        prompt_logprobs_in_chunks,
+        reference_prompt_logprobs,
+    )
+
+    path = write_checkpoint("llama_odd", tmp_path)
+    runner = ModelRunner(path, ParallelContext.single("cuda"), torch.float32, "cuda", 4)
+    runner.load_weights()
+    runner.allocate_kv_cache(64)
+    prompt = random_prompt(40, runner.model_config.vocab_size, seed=3)
+    got = prompt_logprobs_in_chunks(runner, prompt, 7, BlockTables(64, 4), 3)
+    expected = reference_prompt_logprobs(load_reference(path), prompt)
+    assert_prompt_logprobs_match(got, expected, prompt, 3, tol=1e-3)
+
+
 def test_compiled_decode_equals_eager_on_cuda(tmp_path):
     from rt.plugins.compile import cache_entry, compile_now
 

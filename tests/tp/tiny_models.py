@@ -250,17 +250,18 @@ def reference_prompt_logprobs(ref, prompt: list[int]) -> torch.Tensor:
 
 
 def assert_prompt_logprobs_match(
-    got: list, expected: torch.Tensor, prompt: list[int], top: int
+    got: list, expected: torch.Tensor, prompt: list[int], top: int, tol: float = 1e-4
 ) -> None:
-    """``got[p - 1]`` scores prompt token ``p`` from position ``p - 1``'s distribution."""
+    """``got[p - 1]`` scores prompt token ``p`` from position ``p - 1``'s distribution
+    (``expected``: transformers' log-softmax), within ``tol``."""
     assert len(got) == len(prompt) - 1
     for p, lp in enumerate(got, start=1):
         row = expected[p - 1]
         assert lp.token_id == prompt[p]
-        assert lp.logprob == pytest.approx(float(row[prompt[p]]), abs=1e-4)
+        assert lp.logprob == pytest.approx(float(row[prompt[p]]), abs=tol)
         assert len(lp.top) == top
         values = [v for _, v in lp.top]
         assert values == sorted(values, reverse=True)
-        assert values == pytest.approx(row.topk(top).values.tolist(), abs=1e-4)
+        assert values == pytest.approx(row.topk(top).values.tolist(), abs=tol)
         for token, v in lp.top:  # each named token has the value it claims
-            assert float(row[token]) == pytest.approx(v, abs=1e-4)
+            assert float(row[token]) == pytest.approx(v, abs=tol)
