@@ -27,3 +27,11 @@ def start_runtime(model: Path | str, *settings: tuple[str, str]) -> Runtime:
         runtime.shutdown()
         raise
     return runtime
+
+
+def generate(engine, prompt, params, name: str = "r"):
+    """One request's merged output (60 s at most)."""
+    from rt.core.engine import GenerationRequest, generate_blocking
+
+    request = GenerationRequest(name, prompt_token_ids=tuple(prompt), sampling=params)
+    return generate_blocking(engine, request, 60)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-from rt.core.engine import GenerationRequest, generate_blocking
+from rt.core.engine import GenerationRequest
 from rt.core.step import SamplingParams
 
-from tests.engine_e2e.engine_helpers import start_runtime
+from tests.engine_e2e.engine_helpers import generate, start_runtime
 from tests.engine_e2e.test_batching import BLOCK_BYTES, _prompts
 
 PENALIZED = SamplingParams(
@@ -23,23 +22,10 @@ PENALIZED = SamplingParams(
 )
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    runtime = start_runtime(tiny_llama)
-    yield runtime.services["engine"]
-    runtime.shutdown()
-
-
-def _generate(engine, prompt, params, name="r"):
-    return generate_blocking(
-        engine, GenerationRequest(name, prompt_token_ids=tuple(prompt), sampling=params), 60
-    )
-
-
 def test_each_greedy_token_is_the_argmax_after_the_penalties(engine):
     prompt = (5, 6, 7)
-    out = _generate(engine, prompt, PENALIZED)
-    plain = _generate(
+    out = generate(engine, prompt, PENALIZED)
+    plain = generate(
         engine, prompt, SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     )
     assert out.token_ids != plain.token_ids, "the penalties changed nothing: a weak test"
@@ -57,12 +43,12 @@ def test_each_greedy_token_is_the_argmax_after_the_penalties(engine):
 
 def test_logit_bias_forces_and_bans_tokens(engine):
     force = SamplingParams(temperature=0.7, max_tokens=6, ignore_eos=True, logit_bias=((42, 100),))
-    assert _generate(engine, (1, 2), force).token_ids == (42,) * 6
+    assert generate(engine, (1, 2), force).token_ids == (42,) * 6
     greedy = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-    first = _generate(engine, (1, 2), greedy).token_ids[0]
+    first = generate(engine, (1, 2), greedy).token_ids[0]
     banned = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True,
                             logit_bias=((first, -100),))  # fmt: skip
-    assert first not in _generate(engine, (1, 2), banned).token_ids
+    assert first not in generate(engine, (1, 2), banned).token_ids
 
 
 def test_preemption_keeps_penalized_outputs_the_same(tiny_llama, engine):
@@ -73,7 +59,7 @@ def test_preemption_keeps_penalized_outputs_the_same(tiny_llama, engine):
     plain = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     params = [PENALIZED, repeated, plain, PENALIZED, repeated, plain, repeated, plain]
     alone = [
-        _generate(engine, p, sp, f"a{i}").token_ids
+        generate(engine, p, sp, f"a{i}").token_ids
         for i, (p, sp) in enumerate(zip(prompts, params, strict=True))
     ]
     runtime = start_runtime(tiny_llama, ("cache.memory", str(6 * BLOCK_BYTES)))

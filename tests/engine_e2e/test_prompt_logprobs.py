@@ -8,26 +8,13 @@ import threading
 
 import attrs
 import pytest
-from rt.core.engine import GenerationRequest, generate_blocking
+from rt.core.engine import GenerationRequest
 from rt.core.step import SamplingParams
 
-from tests.engine_e2e.engine_helpers import start_runtime
+from tests.engine_e2e.engine_helpers import generate, start_runtime
 from tests.engine_e2e.test_batching import BLOCK_BYTES, _prompts
 
 SCORED = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True, prompt_logprobs=2)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    runtime = start_runtime(tiny_llama)
-    yield runtime.services["engine"]
-    runtime.shutdown()
-
-
-def _generate(engine, prompt, params, name="r"):
-    return generate_blocking(
-        engine, GenerationRequest(name, prompt_token_ids=tuple(prompt), sampling=params), 60
-    )
 
 
 def _values(out) -> list[tuple[int, float | None, tuple]]:
@@ -37,8 +24,8 @@ def _values(out) -> list[tuple[int, float | None, tuple]]:
 def test_prompt_logprobs_score_what_the_engine_generates(engine):
     prompt = [5, 6, 7, 8]
     greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, want_logprobs=True)
-    made = _generate(engine, prompt, greedy)
-    scored = _generate(engine, prompt + list(made.token_ids), SCORED)
+    made = generate(engine, prompt, greedy)
+    scored = generate(engine, prompt + list(made.token_ids), SCORED)
     lps = scored.prompt_logprobs
     assert len(lps) == len(prompt) + 6
     assert lps[0].token_id == 5 and lps[0].logprob is None and lps[0].top == ()
@@ -50,13 +37,13 @@ def test_prompt_logprobs_score_what_the_engine_generates(engine):
         assert echoed.top[0][2] == pytest.approx(echoed.logprob, abs=1e-6)
     # the generated tokens are as without them
     unscored = attrs.evolve(SCORED, prompt_logprobs=None)
-    plain = _generate(engine, prompt + list(made.token_ids), unscored)
+    plain = generate(engine, prompt + list(made.token_ids), unscored)
     assert plain.token_ids == scored.token_ids and plain.prompt_logprobs is None
 
 
 def test_chunks_and_preemption_give_the_same_prompt_logprobs(tiny_llama, engine):
     prompts = _prompts()
-    alone = [_generate(engine, p, SCORED, f"a{i}") for i, p in enumerate(prompts)]
+    alone = [generate(engine, p, SCORED, f"a{i}") for i, p in enumerate(prompts)]
     # prompts of up to 30 tokens through steps of 16 tokens, and a cache of 6 blocks of 16
     # tokens for 8 requests: chunked prefill beside decodes, and preemptions
     runtime = start_runtime(

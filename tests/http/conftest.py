@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from rt.core.discovery import discover
 from rt.core.profile_registry import load_config
@@ -83,6 +84,17 @@ def server(http_env: dict[str, str], tiny_model: Path) -> Iterator[str]:
         yield base_url(runtime)
     finally:
         runtime.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    """The official client on the module's server."""
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def model(client: openai.OpenAI) -> str:
+    return client.models.list().data[0].id
 
 
 def start_in_background(runtime: Runtime) -> threading.Thread:

@@ -12,16 +12,6 @@ PROMPT = "The quick brown fox"
 MESSAGES = [{"role": "user", "content": "Hello world! How are you today?"}]
 
 
-@pytest.fixture(scope="module")
-def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model(client: openai.OpenAI) -> str:
-    return client.models.list().data[0].id
-
-
 def test_models_lists_the_served_model(client, tiny_model):
     models = client.models.list().data
     assert [m.id for m in models] == [tiny_model.name]

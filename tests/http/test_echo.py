@@ -4,7 +4,6 @@ before the text, and with logprobs its tokens scored (what lm-eval-harness asks 
 from __future__ import annotations
 
 import httpx
-import openai
 import pytest
 from rt.plugins.http import openapi
 
@@ -12,16 +11,6 @@ from tests.http.conftest import assert_error_body
 from tests.http.test_observability import scrape, value
 
 PROMPT = "The quick brown fox"
-
-
-@pytest.fixture(scope="module")
-def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model(client: openai.OpenAI) -> str:
-    return client.models.list().data[0].id
 
 
 def test_echo_alone_scores_the_prompt_as_lm_eval_asks(client, model):
