@@ -66,7 +66,10 @@ async def _echo_texts(
             for p, i in zip(parsed.prompts, ids, strict=True)
         )
 
-    return await asyncio.to_thread(texts)
+    try:
+        return await asyncio.to_thread(texts)
+    except RequestError as e:  # a token id past the vocabulary
+        raise ApiError(422, str(e), param="prompt") from None
 
 
 def _sampling(parsed: oa.ParsedRequest, prompt_len: int, max_model_len: int) -> SamplingParams:

@@ -108,6 +108,13 @@ def test_streamed_echo_sends_the_prompt_first(client, model):
     assert alone[-1].choices[0].finish_reason == "length"
 
 
+def test_an_echoed_token_id_past_the_vocabulary_is_422(server):
+    # (schemathesis found it: the echo's text was made before the engine checked the ids)
+    body = {"prompt": [5, 10**6], "echo": True, "max_tokens": 1}
+    error = assert_error_body(httpx.post(server + "/v1/completions", json=body), 422)
+    assert error["param"] == "prompt" and "token ids" in error["message"]
+
+
 def test_max_tokens_zero_needs_echo(server):
     r = httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 0})
     error = assert_error_body(r, 422)
