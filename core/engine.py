@@ -96,7 +96,8 @@ class Engine(Protocol):
         ...
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        """The text of ``token_ids``, special tokens included (an echoed prompt)."""
+        """The text of ``token_ids``, special tokens included (an echoed prompt); raise
+        ``RequestError`` for an id outside the vocabulary."""
         ...
 
     def apply_chat_template(

@@ -1,8 +1,8 @@
 """The Starlette app: routes, the API-key and body-size checks, error bodies.
 
 ``/health``, ``/ready``, ``/metrics``, ``/startup`` and ``/openapi.json`` are
-operational endpoints and stay open; the OpenAI routes under ``/v1`` need the API key
-when one is set. Every response carries an ``x-request-id`` (``request_id.py``).
+operational endpoints and stay open; the OpenAI routes under ``/v1`` and vLLM's
+``/tokenize`` and ``/detokenize`` need the API key when one is set. Every response carries an ``x-request-id`` (``request_id.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from rt.core.engine import engine_death
 from rt.core.timeline_export import to_json
 from rt.plugins.http import openai_api as oa
-from rt.plugins.http import openapi, startup_page
+from rt.plugins.http import openapi, startup_page, tokens
 from rt.plugins.http.body import T, read_json
 from rt.plugins.http.errors import ApiError, error_body, error_response
 from rt.plugins.http.generation import respond
@@ -41,6 +41,8 @@ ROUTES = (
     "/v1/models",
     "/v1/completions",
     "/v1/chat/completions",
+    "/tokenize",
+    "/detokenize",
 )
 
 
@@ -111,6 +113,22 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
         state.engine()
         return await respond(state, request, await parsed_body(request, oa.parse_chat))
 
+    async def tokenize(request: Request) -> Response:
+        state.check_api_key(request.headers.get("authorization"))
+        engine = state.engine()
+        body = await read_json(request, limit, body_timeout_s, state.closing, tokens.parse_tokenize)
+        state.check_model(engine, body.model)
+        return JSONResponse(await tokens.tokenize(engine, body))
+
+    async def detokenize(request: Request) -> Response:
+        state.check_api_key(request.headers.get("authorization"))
+        engine = state.engine()
+        body = await read_json(
+            request, limit, body_timeout_s, state.closing, tokens.parse_detokenize
+        )
+        state.check_model(engine, body.model)
+        return JSONResponse(await tokens.detokenize(engine, body))
+
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return error_response(exc)
@@ -149,6 +167,8 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
             Route("/v1/models", models),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/detokenize", detokenize, methods=["POST"]),
         ],
         exception_handlers={
             ApiError: on_api_error,

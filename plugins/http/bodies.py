@@ -213,3 +213,34 @@ class ChatBody(CommonBody):
     response_format: dict | None = field(
         refused.RESPONSE_FORMAT, 'rt generates free text: {"type": "text"} only.'
     )
+
+
+@attrs.frozen
+class TokenizeBody:
+    """The body of ``POST /tokenize`` (vLLM's route): a prompt, or messages."""
+
+    model: str | None = field(String(), "The served model's id (or its source); may be left out.")
+    prompt: str | None = field(String(), "Text to tokenize, as /v1/completions would.")
+    messages: list[Message] | None = field(
+        Array(Object(Message), min_items=1),
+        "A conversation to render with the model's chat template and tokenize, as "
+        "/v1/chat/completions would.",
+    )
+    add_special_tokens: bool | None = field(
+        Boolean(),
+        "Add the tokenizer's special tokens (BOS); default: true for a prompt, false for "
+        "messages (their template writes them).",
+    )
+    add_generation_prompt: bool = field(
+        Boolean(), "With messages: end with the assistant's turn, as chat does.", default=True
+    )
+
+
+@attrs.frozen
+class DetokenizeBody:
+    """The body of ``POST /detokenize`` (vLLM's route)."""
+
+    model: str | None = field(String(), "The served model's id (or its source); may be left out.")
+    tokens: list[int] = field(
+        Array(Integer(minimum=0)), "Token ids, each below the vocabulary size.", required=True
+    )

@@ -17,6 +17,7 @@ from rt.plugins.http.bodies import (
     ChatBody,
     CommonBody,
     CompletionBody,
+    Message,
     TextPart,
 )
 from rt.plugins.http.errors import ApiError
@@ -122,11 +123,16 @@ def _text(content: str | list[TextPart] | None) -> str:
     return content or ""
 
 
+def message_dicts(messages: list[Message]) -> list[dict]:
+    """Messages as a chat template takes them: role and text."""
+    return [{"role": m.role, "content": _text(m.content)} for m in messages]
+
+
 def parse_chat(data: dict) -> ParsedRequest:
     body: ChatBody = _load(ChatBody, data)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(422, "top_logprobs needs logprobs: true", param="top_logprobs")
-    messages = tuple({"role": m.role, "content": _text(m.content)} for m in body.messages)
+    messages = tuple(message_dicts(body.messages))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     if body.max_completion_tokens is not None:
         body = attrs.evolve(body, max_tokens=body.max_completion_tokens)

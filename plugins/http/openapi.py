@@ -114,6 +114,8 @@ MODEL_LIST = _obj(
     }
 )
 READY = _obj({"status": STR}, running=_list(STR), pending=_list(STR), error=STR)
+TOKENIZED = _obj({"count": INT, "max_model_len": INT, "tokens": _list(INT)})
+DETOKENIZED = _obj({"prompt": STR})
 
 _ERRORS = {
     "400": "The body is not a JSON object, or max_tokens does not fit in the context "
@@ -180,6 +182,22 @@ def _secure(operation: dict[str, Any], secured: bool) -> dict[str, Any]:
     return operation
 
 
+def _tokens(summary: str, body: str, response: dict[str, Any], secured: bool) -> dict[str, Any]:
+    statuses = ("400", "401", "404", "408", "413", "422", "503")
+    operation = {
+        "summary": summary,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+        },
+        "responses": {
+            "200": _json(response, "The answer."),
+            **_errors(*(s for s in statuses if secured or s != "401")),
+        },
+    }
+    return {"post": _secure(operation, secured)}
+
+
 def _plain(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": responses}}
 
@@ -213,6 +231,16 @@ def document(api_key: bool = False) -> dict[str, Any]:
                 )
             },
             "/v1/models": {"get": _secure(models, api_key)},
+            "/tokenize": _tokens(
+                "Token ids of a prompt, or of messages rendered as chat renders them "
+                "(vLLM's route).",
+                "TokenizeRequest",
+                TOKENIZED,
+                api_key,
+            ),
+            "/detokenize": _tokens(
+                "The text of token ids (vLLM's route).", "DetokenizeRequest", DETOKENIZED, api_key
+            ),
             "/health": _plain("The process answers.", {"200": _json(_obj({"status": STR}), "Up.")}),
             "/ready": _plain(
                 "Whether the engine serves.",
@@ -238,6 +266,8 @@ def document(api_key: bool = False) -> dict[str, Any]:
             "schemas": {
                 "CompletionRequest": object_schema(bodies.CompletionBody),
                 "ChatCompletionRequest": object_schema(bodies.ChatBody),
+                "TokenizeRequest": object_schema(bodies.TokenizeBody),
+                "DetokenizeRequest": object_schema(bodies.DetokenizeBody),
                 "Completion": COMPLETION,
                 "ChatCompletion": CHAT_COMPLETION,
                 "Error": ERROR,

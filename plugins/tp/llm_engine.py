@@ -93,6 +93,9 @@ class LLMEngine:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     def decode(self, token_ids: Sequence[int]) -> str:
+        vocab = self.executor.vocab_size
+        if any(not 0 <= t < vocab for t in token_ids):
+            raise RequestError(f"token ids must be in [0, {vocab})")
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
     def apply_chat_template(

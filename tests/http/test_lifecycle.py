@@ -76,6 +76,8 @@ def test_api_key_guards_v1_only(http_env, tiny_model):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             r = httpx.post(url + "/v1/completions", json={"prompt": "x"}, headers=headers)
             assert_error_body(r, 401, "invalid_api_key")
+            r = httpx.post(url + "/tokenize", json={"prompt": "x"}, headers=headers)
+            assert_error_body(r, 401, "invalid_api_key")  # the tokenizer is the model's too
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
         good = {"Authorization": "Bearer s3cret"}

@@ -93,6 +93,8 @@ def test_document_lists_the_routes_and_error_bodies():
         "/ready",
         "/metrics",
         "/openapi.json",
+        "/tokenize",
+        "/detokenize",
     }
     responses = doc["paths"]["/v1/completions"]["post"]["responses"]
     assert set(responses) == {"200", "400", "404", "408", "413", "422", "429", "503"}
@@ -110,7 +112,7 @@ def test_document_lists_the_routes_and_error_bodies():
 def test_with_an_api_key_the_v1_routes_declare_bearer_auth_and_401():
     doc = openapi.document(api_key=True)
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    for path, method in [("/v1/completions", "post"), ("/v1/models", "get")]:
+    for path, method in [("/v1/completions", "post"), ("/v1/models", "get"), ("/tokenize", "post")]:
         operation = doc["paths"][path][method]
         assert operation["security"] == [{"bearer": []}] and "401" in operation["responses"]
     assert "security" not in doc["paths"]["/health"]["get"]
