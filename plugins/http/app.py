@@ -39,6 +39,7 @@ ROUTES = (
     "/metrics",
     "/startup",
     "/v1/models",
+    "/v1/models/{model}",
     "/v1/completions",
     "/v1/chat/completions",
     "/tokenize",
@@ -91,17 +92,26 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
         data["stage_state"] = dict(state.runtime.stage_state)
         return JSONResponse(data)
 
-    async def models(request: Request) -> Response:
-        state.check_api_key(request.headers.get("authorization"))
+    def model_card() -> dict[str, Any]:
         engine = state.engine()
-        card = {
+        return {
             "id": engine.model_name,
             "object": "model",
             "created": state.started_at,
             "owned_by": "rt",
             "max_model_len": engine.max_model_len,
         }
-        return JSONResponse({"object": "list", "data": [card]})
+
+    async def models(request: Request) -> Response:
+        state.check_api_key(request.headers.get("authorization"))
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    async def one_model(request: Request) -> Response:
+        # OpenAI's "retrieve model" (client.models.retrieve); ids may hold slashes
+        state.check_api_key(request.headers.get("authorization"))
+        card = model_card()
+        state.check_model(state.engine(), request.path_params["model"])
+        return JSONResponse(card)
 
     async def completions(request: Request) -> Response:
         state.check_api_key(request.headers.get("authorization"))
@@ -165,6 +175,7 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
             Route("/metrics", metrics),
             Route("/startup", startup),
             Route("/v1/models", models),
+            Route("/v1/models/{model:path}", one_model),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/tokenize", tokenize, methods=["POST"]),
@@ -180,6 +191,13 @@ def build_app(state: ServerState, started: threading.Event) -> Starlette:
     return _CountRequests(RequestIds(app), state)
 
 
+def _route_label(path: str) -> str:
+    """The metrics label of a path: its route (a model id is not a label value)."""
+    if path in ROUTES:
+        return path
+    return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+
+
 class _CountRequests:
     """Pure ASGI middleware (it must not buffer streams): count by route and status, and
     count out an admitted generation request once its response has ended, if the engine
@@ -193,7 +211,7 @@ class _CountRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = scope["path"] if scope["path"] in ROUTES else "other"
+        route = _route_label(scope["path"])
         status = 500
 
         async def send_and_note(message: dict[str, Any]) -> None:

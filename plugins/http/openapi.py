@@ -97,22 +97,16 @@ CHAT_COMPLETION = _response(
         }
     ),
 )
-MODEL_LIST = _obj(
+MODEL = _obj(
     {
-        "object": {"const": "list"},
-        "data": _list(
-            _obj(
-                {
-                    "id": STR,
-                    "object": {"const": "model"},
-                    "created": INT,
-                    "owned_by": STR,
-                    "max_model_len": INT,
-                }
-            )
-        ),
+        "id": STR,
+        "object": {"const": "model"},
+        "created": INT,
+        "owned_by": STR,
+        "max_model_len": INT,
     }
 )
+MODEL_LIST = _obj({"object": {"const": "list"}, "data": _list(MODEL)})
 READY = _obj({"status": STR}, running=_list(STR), pending=_list(STR), error=STR)
 TOKENIZED = _obj({"count": INT, "max_model_len": INT, "tokens": _list(INT)})
 DETOKENIZED = _obj({"prompt": STR})
@@ -211,6 +205,14 @@ def document(api_key: bool = False) -> dict[str, Any]:
             **_errors(*(("401", "503") if api_key else ("503",))),
         },
     }
+    one_model = {
+        "summary": "The served model, by its id (or its source).",
+        "parameters": [{"name": "model", "in": "path", "required": True, "schema": STR}],
+        "responses": {
+            "200": _json(MODEL, "The served model."),
+            **_errors(*(("401", "404", "503") if api_key else ("404", "503"))),
+        },
+    }
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -231,6 +233,7 @@ def document(api_key: bool = False) -> dict[str, Any]:
                 )
             },
             "/v1/models": {"get": _secure(models, api_key)},
+            "/v1/models/{model}": {"get": _secure(one_model, api_key)},
             "/tokenize": _tokens(
                 "Token ids of a prompt, or of messages rendered as chat renders them "
                 "(vLLM's route).",

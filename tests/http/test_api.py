@@ -444,3 +444,16 @@ def test_n_choices_stream_with_their_index(client, model):
     assert roles == [1, 1] and None not in reasons
     assert chunks[-1].choices == []
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_models_retrieve_by_id_or_source(client, model, server, tiny_model):
+    card = client.models.retrieve(model)
+    assert card.id == model and card.object == "model"
+    by_source = httpx.get(server + "/v1/models/" + str(tiny_model).lstrip("/"))
+    # a source path holds slashes; the route takes them (here it lost its leading one)
+    assert by_source.status_code == 404
+    assert httpx.get(f"{server}/v1/models/{tiny_model}").json()["id"] == model
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    error = assert_error_body(httpx.get(server + "/v1/models/gpt-4"), 404, "model_not_found")
+    assert error["param"] == "model"

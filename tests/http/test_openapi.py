@@ -89,6 +89,7 @@ def test_document_lists_the_routes_and_error_bodies():
         "/v1/completions",
         "/v1/chat/completions",
         "/v1/models",
+        "/v1/models/{model}",
         "/health",
         "/ready",
         "/metrics",
