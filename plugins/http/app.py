@@ -17,7 +17,7 @@ from rt.core.engine import engine_death
 from rt.core.timeline_export import to_json
 from rt.plugins.http import openai_api as oa
 from rt.plugins.http import openapi, startup_page, tokens
-from rt.plugins.http.body import T, read_json
+from rt.plugins.http.body import read_json
 from rt.plugins.http.errors import ApiError, error_body, error_response
 from rt.plugins.http.generation import respond
 from rt.plugins.http.metrics import CONTENT_TYPE
@@ -50,10 +50,12 @@ ROUTES = (
 def build_app(state: ServerState, started: threading.Event) -> Starlette:
     limit, body_timeout_s = state.config.max_body_bytes, state.config.body_timeout_s
 
-    async def parsed_body(request: Request, parse: Callable[[dict[str, Any]], T]) -> T:
+    async def parsed_body(
+        request: Request, parse: Callable[[dict[str, Any]], oa.ParsedRequest]
+    ) -> oa.ParsedRequest:
         parsed = await read_json(request, limit, body_timeout_s, state.closing, parse)
-        # Counted once its body is in: a slow upload must not hold a place.
-        state.admit(request.scope)
+        # Counted once its body is in (a slow upload must not hold a place), each choice.
+        state.admit(request.scope, parsed.num_choices)
         return parsed
 
     async def health(request: Request) -> Response:

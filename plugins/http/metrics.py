@@ -107,7 +107,8 @@ class ServerMetrics:
         )
         self.admitted = Gauge(
             "rt_requests_admitted",
-            "Generation requests counted against server.max_concurrent_requests",
+            "Choices of generation requests (one per prompt and n) counted against "
+            "server.max_concurrent_requests",
             registry=self.registry,
         )
         self.registry.register(_RuntimeCollector(runtime))

@@ -46,6 +46,11 @@ class ParsedRequest:
     echo: bool = False  # the prompt goes before each choice's text (completions)
     echo_only: bool = False  # echo with max_tokens 0: one token is made and not shown
 
+    @property
+    def num_choices(self) -> int:
+        """Sequences the engine runs for this request: n per prompt."""
+        return self.n * max(len(self.prompts), 1)
+
 
 def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
     """Choice ``index``'s params: a seeded request's choices take seeds ``seed + index``

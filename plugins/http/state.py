@@ -104,25 +104,33 @@ class ServerState:
         self.admitted = 0
         self.metrics.admitted.set_function(lambda: self.admitted)
 
-    def admit(self, scope: dict[str, Any]) -> None:
-        """Count a generation request in, or 429 past ``server.max_concurrent_requests``.
-        It is counted out once the engine is done with it (a client that reads its stream
-        slowly holds no place), or else when its response ends (the app's middleware)."""
+    def admit(self, scope: dict[str, Any], choices: int = 1) -> None:
+        """Count a generation request's ``choices`` (each a sequence in the engine) in, or
+        429 past ``server.max_concurrent_requests``. They are counted out once the engine
+        is done with the last (a client that reads its stream slowly holds no place), or
+        else when the response ends (the app's middleware)."""
         limit = self.config.max_concurrent_requests
-        if self.admitted >= limit:
+        if choices > limit:
+            raise ApiError(
+                422,
+                f"the request asks for {choices} choices (prompts x n), more than the "
+                f"{limit} this server serves at once (server.max_concurrent_requests); send "
+                "fewer prompts or a smaller n",
+                param="n",
+            )
+        if self.admitted + choices > limit:
             raise ApiError(
                 429,
-                f"the server is serving its limit of {limit} requests at once "
+                f"the server is serving its limit of {limit} requests (choices) at once "
                 "(server.max_concurrent_requests); retry shortly",
                 code="too_many_requests",
                 headers={"Retry-After": "1"},
             )
-        self.admitted += 1
-        scope[ADMITTED] = True
+        self.admitted += choices
+        scope[ADMITTED] = choices
 
     def release(self, scope: dict[str, Any]) -> None:
-        if scope.pop(ADMITTED, False):
-            self.admitted -= 1
+        self.admitted -= scope.pop(ADMITTED, 0)
 
     def engine(self) -> Engine:
         """The engine, or a 503 that says why there is none yet."""

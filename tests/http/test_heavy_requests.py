@@ -237,6 +237,18 @@ def test_past_max_concurrent_requests_a_request_gets_429_at_once(http_env, tmp_p
         metrics = httpx.get(served.url + "/metrics").text
         assert 'rt_http_requests_total{route="/v1/completions",status="429"} 1.0' in metrics
         assert "rt_requests_admitted 0.0" in metrics
+        # each choice (n per prompt) takes a place: a batch counts its prompts
+        url = served.url + "/v1/completions"
+        too_big = httpx.post(url, json={"prompt": ["a", "b", "c"], "max_tokens": 1}, timeout=30)
+        error = assert_error_body(too_big, 422)
+        assert error["param"] == "n" and "server.max_concurrent_requests" in error["message"]
+        holder = Stream(served.url, long).start()
+        assert holder.first_token.wait(30)
+        pair = httpx.post(url, json={"prompt": ["a", "b"], "max_tokens": 1}, timeout=30)
+        assert_error_body(pair, 429, code="too_many_requests")
+        single = httpx.post(url, json={"prompt": "a", "max_tokens": 1}, timeout=30)
+        assert single.status_code == 200, single.text
+        assert holder.done.wait(120) and holder.status == 200
 
 
 def test_a_stream_read_slowly_holds_no_place_once_generated(http_env, tmp_path):
