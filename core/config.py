@@ -163,6 +163,11 @@ class ServerConfig:
     # A request's whole body must arrive within this long, or 408 and the connection
     # closes (a client that stops mid-body would otherwise hold it forever).
     body_timeout_s: float = attrs.field(default=30.0, validator=[gt(0.0)])
+    # A connection's request line and headers must arrive within this long of its
+    # accept, and an idle keep-alive connection is closed after it (Hypercorn's
+    # keep_alive_timeout, one timer for both). Hypercorn's 5 s closed some of a burst of
+    # 400 connections unread while the ranks kept both cores of a small machine busy.
+    keep_alive_timeout_s: float = attrs.field(default=30.0, validator=[gt(0.0)])
     # Generation requests admitted at once (from their parsed body until the engine is
     # done with them); past it, 429 at once: a queue that grows without bound only makes
     # every client wait longer, and holds each waiting prompt in memory.

@@ -37,11 +37,6 @@ DEATH_POLL_S = 0.2
 EXIT_ENGINE_DEAD = 3  # the process's exit code after an engine death
 # After a death the failed requests' responses only have to be written out.
 DEATH_GRACE_S = 1.0
-# Hypercorn's keep-alive timer also runs from a connection's accept until its request
-# head is read. At its default 5 s, a burst of 400 connections to a server whose ranks
-# kept both cores busy had some closed unread (the client saw the connection drop);
-# an idle connection costs a file descriptor and a task.
-KEEP_ALIVE_S = 30.0
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -106,7 +101,7 @@ class HttpServer:
         hc = Config()
         hc.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here
         hc.graceful_timeout = self.config.shutdown_grace_s + 5.0
-        hc.keep_alive_timeout = KEEP_ALIVE_S
+        hc.keep_alive_timeout = self.config.keep_alive_timeout_s  # also the headers' deadline
         hc.accesslog = None
         hc.errorlog = log
         loop = asyncio.new_event_loop()

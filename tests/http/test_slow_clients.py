@@ -47,7 +47,8 @@ def _response(raw: bytes) -> httpx.Response:
 @pytest.fixture(scope="module")
 def server(http_env, tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("slow-clients") / "serve.log"
-    with rt_serve(tiny_model, http_env, log, "--set", "server.body_timeout_s=1.5") as served:
+    args = ("--set", "server.body_timeout_s=1.5", "--set", "server.keep_alive_timeout_s=2")
+    with rt_serve(tiny_model, http_env, log, *args) as served:
         yield served
 
 
@@ -96,7 +97,8 @@ def test_a_client_gone_mid_body_is_not_an_error(server):
 
 
 def test_headers_that_never_end_are_dropped(server):
-    # Hypercorn's keep_alive_timeout (5 s) covers a connection with no complete request.
+    # server.keep_alive_timeout_s (2 s here; Hypercorn's keep_alive_timeout) covers a
+    # connection with no complete request.
     sock = _connect(server.url)
     sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: rt\r\n")
     sent = time.monotonic()
