@@ -78,7 +78,7 @@ class ModelRunner:
         # (cuda_graphs.py; a CudaGraphs)
         self.graphs = None
         # the last step's hidden rows its prompt logprobs need (prompt_logprobs.py)
-        self._prompt_hidden: torch.Tensor | None = None
+        self._prompt_hidden: tuple[list, torch.Tensor] | None = None  # (spans, rows)
 
     @property
     def kv_spec(self) -> KVCacheSpec:
@@ -300,7 +300,7 @@ class ModelRunner:
         scores (``StepMetadata.prompt_rows``). Rank 0 passes ``next_tokens`` (the
         driver's, possibly empty) and gets them by sequence id; the other ranks pass
         None, take part in the projections and get None."""
-        rows, self._prompt_hidden = self._prompt_hidden, None
-        if rows is None:
+        scored, self._prompt_hidden = self._prompt_hidden, None
+        if scored is None:
             return None
-        return compute_prompt_logprobs(self.model, step, rows, next_tokens)
+        return compute_prompt_logprobs(self.model, step, *scored, next_tokens)

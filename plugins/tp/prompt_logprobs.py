@@ -21,29 +21,32 @@ from rt.plugins.tp.engine.sequence import PromptLogprobs, TokenLogprobs
 SLICE_ROWS = 32  # [32, V/tp] float32 per rank: 2 MB for SmolLM2 at TP=3
 
 
-def prompt_rows(step: StepMetadata, hidden: torch.Tensor) -> torch.Tensor | None:
-    """The rows of ``hidden`` ([T, H]) whose logits the step's prompt logprobs need, in
-    ``step.prompt_rows()`` order, or None when no sequence asks."""
+Spans = list[tuple[int, int, int]]  # StepMetadata.prompt_rows(): (seq index, first, count)
+
+
+def prompt_rows(step: StepMetadata, hidden: torch.Tensor) -> tuple[Spans, torch.Tensor] | None:
+    """The step's scored spans and the rows of ``hidden`` ([T, H]) they cover, in span
+    order, or None when no sequence asks."""
     spans = step.prompt_rows()
     if not spans:
         return None
     index = torch.cat([torch.arange(first, first + n) for _, first, n in spans])
-    return hidden[index.to(hidden.device)]
+    return spans, hidden[index.to(hidden.device)]
 
 
 def compute(
     model: torch.nn.Module,
     step: StepMetadata,
+    spans: Spans,
     rows: torch.Tensor,
     next_tokens: Mapping[int, int] | None,
 ) -> PromptLogprobs | None:
-    """Project ``rows`` (from :func:`prompt_rows`) to logits, a slice at a time, on every
-    rank alike. ``next_tokens`` (rank 0 only; None elsewhere) maps a sequence id to
+    """Project ``rows`` (from :func:`prompt_rows`, with its ``spans``) to logits, a slice
+    at a time, on every rank alike. ``next_tokens`` (rank 0 only; None elsewhere) maps a sequence id to
     the prompt token after its chunk, for a chunk that does not end the prompt.
     Rank 0 returns, per sequence id, the position of the first token scored and one
     :class:`TokenLogprobs` per row; the other ranks return None."""
-    targets = _targets(step, next_tokens) if next_tokens is not None else None
-    spans = step.prompt_rows()
+    targets = _targets(step, spans, next_tokens) if next_tokens is not None else None
     tops = [step.sampling[step.sampling_index[i]].prompt_logprobs or 0 for i, _, _ in spans]
     k = max(tops, default=0)
     chosen: list[float] = []
@@ -74,13 +77,13 @@ def compute(
     return out
 
 
-def _targets(step: StepMetadata, next_tokens: Mapping[int, int]) -> torch.Tensor:
+def _targets(step: StepMetadata, spans: Spans, next_tokens: Mapping[int, int]) -> torch.Tensor:
     """The token each prompt row predicts: the next one in the sequence's chunk, or for
     the last row of a chunk that does not end the prompt, the prompt token after the
     chunk (``next_tokens``)."""
     ids = torch.frombuffer(step.token_ids, dtype=torch.int32).long()  # [T]
     parts = []
-    for i, first, n in step.prompt_rows():
+    for i, first, n in spans:
         part = ids[first + 1 : first + step.token_counts[i]]  # within the chunk
         if part.numel() < n:
             seq_id = step.seq_ids[i]
